@@ -1,0 +1,29 @@
+# Two entry points: `make quickstart` (the main job on embedded defaults) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install quickstart test clean
+
+# torch goes in first: the CPU wheel 2.13.0 unless a CUDA build is already importable (GPU nodes), so
+# that no later requirement pulls several GB of CUDA wheels.
+$(STAMP): pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then \
+	  if $(PY) -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)' 2>/dev/null; then \
+	    echo "using the CUDA build of torch already installed"; $(PY) -m venv --system-site-packages $(VENV); \
+	  else $(PY) -m venv $(VENV); fi; fi
+	@if ! $(BIN)/python -c 'import torch' 2>/dev/null; then $(BIN)/pip install -q torch==2.13.0; fi
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $@
+
+install: $(STAMP)
+
+quickstart: install
+	$(BIN)/vwm pretrain --config configs/pretrain/debug_cpu.yaml --local
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf outputs .pytest_cache

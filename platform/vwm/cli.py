@@ -1,0 +1,71 @@
+"""The ``vwm`` command: parse arguments, load and validate the config, call a ``run_*`` function.
+
+Config problems exit with status 2 and a one-line message before any model or cluster work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vwm.config import ConfigError, RunConfig, load_config
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="YAML run config, e.g. configs/pretrain/debug_cpu.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, repeatable: --set model.depth=4 --set train.steps=20")
+
+
+def load_or_exit(args: argparse.Namespace) -> RunConfig:
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"vwm: config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    cfg = load_or_exit(args)
+    if not args.local:
+        print("vwm: distributed pretraining (Ray Train + DeepSpeed) is not part of this build yet; "
+              "run single-process with --local", file=sys.stderr)
+        return 2
+    from vwm.train.loop import run_local
+
+    summary = run_local(cfg, resume=args.resume)
+    print(f"trained steps {summary.start_step}..{summary.final_step}; final loss {summary.losses[-1]:.4f}; "
+          f"checkpoint {summary.last_checkpoint}; outputs in {summary.run_dir}")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from vwm.config import to_yaml
+
+    print(to_yaml(load_or_exit(args)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vwm", description="video world models: JEPA pretraining on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pretrain", help="self-supervised V-JEPA pretraining")
+    add_config_args(p)
+    p.add_argument("--local", action="store_true", help="train in this process, no Ray cluster")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.set_defaults(func=_pretrain)
+    p = sub.add_parser("config", help="print the resolved config (defaults, file, overrides) as YAML")
+    add_config_args(p)
+    p.set_defaults(func=_config_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

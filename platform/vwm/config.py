@@ -1,0 +1,378 @@
+"""Typed run configuration: one frozen pydantic model per component, YAML files plus dotted overrides.
+
+Every component receives its own sub-config (``cfg.model``, ``cfg.mask``, ...), never the whole RunConfig.
+Unknown keys, wrong types and impossible combinations raise ``ConfigError`` with a one-line message that
+names the file (or the ``--set`` override), the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vwm.models.presets import PRESETS
+
+
+class ConfigError(ValueError):
+    """A config problem found before any work starts; the message is one line a user can act on."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+class SyntheticConfig(_Strict):
+    """Procedural moving-shape videos (bouncing, occluding objects) used when no shards are given."""
+
+    num_videos: int = Field(256, ge=1)
+    video_frames: int = Field(64, ge=2)
+    height: int = Field(64, ge=8)
+    width: int = Field(64, ge=8)
+    min_objects: int = Field(1, ge=1)
+    max_objects: int = Field(4, ge=1)
+    min_speed: float = Field(0.5, ge=0.0)  # pixels per frame
+    max_speed: float = Field(3.0, ge=0.0)
+    fps: int = Field(15, ge=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SyntheticConfig:
+        if self.min_objects > self.max_objects:
+            raise ValueError(
+                f"data.synthetic.min_objects={self.min_objects} > max_objects={self.max_objects}; "
+                "make min_objects <= max_objects"
+            )
+        if self.min_speed > self.max_speed:
+            raise ValueError(
+                f"data.synthetic.min_speed={self.min_speed} > max_speed={self.max_speed}; "
+                "make min_speed <= max_speed"
+            )
+        return self
+
+
+class DataConfig(_Strict):
+    source: Literal["synthetic"] = "synthetic"
+    frames: int = Field(16, ge=1, description="frames per clip")
+    frame_step: int = Field(4, ge=1, description="take every n-th frame of the video")
+    crop: int = Field(224, ge=1, description="square crop side in pixels")
+    batch_size: int = Field(24, ge=1, description="clips per worker per step")
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+# ---------------------------------------------------------------------------------------------- masks
+class MaskSetConfig(_Strict):
+    """One mask set: the target is the union of ``num_blocks`` blocks of one size (drawn once per batch)."""
+
+    num_blocks: int = Field(8, ge=1)
+    spatial_scale: tuple[float, float] = (0.15, 0.15)
+    temporal_scale: tuple[float, float] = (1.0, 1.0)
+    aspect_ratio: tuple[float, float] = (0.75, 1.5)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> MaskSetConfig:
+        for name in ("spatial_scale", "temporal_scale", "aspect_ratio"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name}=({lo}, {hi}) must satisfy 0 < low <= high")
+        for name in ("spatial_scale", "temporal_scale"):
+            if getattr(self, name)[1] > 1.0:
+                raise ValueError(f"{name} high end {getattr(self, name)[1]} is above 1.0")
+        return self
+
+
+def _vjepa_mask_sets() -> list[MaskSetConfig]:
+    return [
+        MaskSetConfig(num_blocks=8, spatial_scale=(0.15, 0.15)),
+        MaskSetConfig(num_blocks=2, spatial_scale=(0.7, 0.7)),
+    ]
+
+
+class MaskConfig(_Strict):
+    sets: list[MaskSetConfig] = Field(default_factory=_vjepa_mask_sets, min_length=1)
+
+
+# ---------------------------------------------------------------------------------------------- model
+class PredictorConfig(_Strict):
+    dim: int = Field(384, ge=1)
+    depth: int = Field(12, ge=1)
+    heads: int = Field(12, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+
+
+class ModelConfig(_Strict):
+    """Encoder size comes from ``preset``; any field set explicitly overrides the preset's value."""
+
+    preset: str = "vit_l"
+    dim: int = Field(1024, ge=1)
+    depth: int = Field(24, ge=1)
+    heads: int = Field(16, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    patch_size: int = Field(16, ge=1)
+    tubelet_size: int = Field(2, ge=1)
+    pos_embed: Literal["sincos", "rope"] = "sincos"
+    qkv_bias: bool = True
+    init_std: float = Field(0.02, gt=0)
+    activation_checkpointing: bool = False
+    predictor: PredictorConfig = PredictorConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        name = data.get("preset", "vit_l")
+        if name not in PRESETS:
+            raise ValueError(f"unknown model.preset {name!r}; allowed: {', '.join(PRESETS)}")
+        preset = PRESETS[name]
+        merged = {k: v for k, v in preset.items() if k != "predictor"}
+        merged.update({k: v for k, v in data.items() if k != "predictor"})
+        predictor = dict(preset.get("predictor", {}))
+        given = data.get("predictor", {})
+        if isinstance(given, dict):
+            predictor.update(given)
+            merged["predictor"] = predictor
+        else:
+            merged["predictor"] = given
+        return merged
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelConfig:
+        for where, dim, heads in (("model", self.dim, self.heads),
+                                  ("model.predictor", self.predictor.dim, self.predictor.heads)):
+            if dim % heads:
+                raise ValueError(f"{where}.dim={dim} is not divisible by {where}.heads={heads}")
+            if self.pos_embed == "rope" and dim // heads < 6:
+                raise ValueError(f"{where}: head dim {dim // heads} < 6 leaves RoPE no room for 3 axes")
+        return self
+
+
+# -------------------------------------------------------------------------------------- optimisation
+class LRConfig(_Strict):
+    schedule: Literal["warmup_cosine", "warmup_constant_decay"] = "warmup_cosine"
+    start: float = Field(2e-4, ge=0)
+    peak: float = Field(6.25e-4, gt=0)
+    final: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(40, ge=0)
+    decay_steps: int = Field(0, ge=0, description="warmup_constant_decay: length of the final linear cooldown")
+
+
+class WeightDecayConfig(_Strict):
+    start: float = Field(0.04, ge=0)
+    end: float = Field(0.4, ge=0)
+
+
+class EMAConfig(_Strict):
+    start: float = Field(0.998, ge=0, le=1)
+    end: float = Field(1.0, ge=0, le=1)
+    ramp_steps: int | None = Field(None, ge=1, description="steps from start to end; default: train.steps")
+
+
+class OptimConfig(_Strict):
+    lr: LRConfig = LRConfig()
+    weight_decay: WeightDecayConfig = WeightDecayConfig()
+    ema: EMAConfig = EMAConfig()
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(10.0, ge=0, description="0 disables clipping")
+
+
+# ------------------------------------------------------------------------------------------ training
+class TrainConfig(_Strict):
+    steps: int = Field(1000, ge=1)
+    steps_per_epoch: int = Field(300, ge=1)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    monitor_every: int = Field(50, ge=1, description="collapse diagnostics (feature std, RankMe)")
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    output_dir: str = "outputs"
+    run_name: str = "pretrain"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+class TrackingConfig(_Strict):
+    backend: Literal["none", "jsonl"] = "jsonl"
+    experiment: str = "vwm"
+
+
+class RunConfig(_Strict):
+    data: DataConfig = DataConfig()
+    mask: MaskConfig = MaskConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        d, m = self.data, self.model
+        if d.crop % m.patch_size:
+            raise ValueError(f"data.crop={d.crop} is not divisible by model.patch_size={m.patch_size}; "
+                             f"use a crop that is a multiple of {m.patch_size}")
+        if d.frames % m.tubelet_size:
+            raise ValueError(f"data.frames={d.frames} is not divisible by model.tubelet_size={m.tubelet_size}")
+        if d.source == "synthetic":
+            span = (d.frames - 1) * d.frame_step + 1
+            if span > d.synthetic.video_frames:
+                raise ValueError(f"a clip spans {span} frames (data.frames x data.frame_step) but "
+                                 f"data.synthetic.video_frames={d.synthetic.video_frames}")
+        from vwm.masks.multiblock3d import empty_context_rate  # lazy: keeps `import vwm.config` light
+
+        grid = (d.frames // m.tubelet_size, d.crop // m.patch_size, d.crop // m.patch_size)
+        for i, s in enumerate(self.mask.sets):
+            rate = empty_context_rate(s, grid)
+            if rate > 0.2:
+                raise ValueError(f"mask.sets.{i} (num_blocks={s.num_blocks}, spatial_scale={list(s.spatial_scale)}) "
+                                 f"masks every token of the {grid[1]}x{grid[2]} grid in {rate:.0%} of draws and "
+                                 "leaves no context; lower spatial_scale or num_blocks")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- loading
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read ``path`` (YAML), apply ``key.path=value`` overrides, validate. Raises ConfigError."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {source} not found; pass an existing YAML file to --config")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{source}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections (data, model, ...)")
+    set_keys = _apply_overrides(raw, overrides)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source, set_keys)) from None
+
+
+def _apply_overrides(raw: dict[str, Any], overrides) -> dict[str, str]:
+    """Apply ``a.b.c=value`` (value parsed as YAML) in place; return dotted key -> original override text."""
+    applied: dict[str, str] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value (for example model.depth=4)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parts = key.split(".")
+        node = _descend(raw, parts, item, defaults=RunConfig().model_dump(mode="json"))
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, item)] = value
+        else:
+            node[last] = value
+        applied[key] = item
+    return applied
+
+
+def _descend(raw: dict, parts: list[str], item: str, defaults: dict) -> Any:
+    """The container that holds the last key of ``parts``; lists (mask.sets.0) come from the defaults."""
+    node, default = raw, defaults
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            i = _list_index(node, part, item)
+            node, default = node[i], None
+            continue
+        default = default.get(part) if isinstance(default, dict) else None
+        child = node.get(part)
+        if child is None:
+            child = node[part] = copy.deepcopy(default) if isinstance(default, list) else {}
+        if not isinstance(child, (dict, list)):
+            raise ConfigError(f"override {item!r}: {part} is a value, not a section")
+        node = child
+    return node
+
+
+def _list_index(node: list, part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {item!r}: {part!r} is not an index of a {len(node)}-item list "
+                          f"(use 0..{len(node) - 1})")
+    return int(part)
+
+
+def _describe(err: ValidationError, source: str, set_keys: dict[str, str]) -> str:
+    e = err.errors()[0]
+    loc = [str(p) for p in e["loc"]]
+    dotted = ".".join(loc)
+    where = source
+    for key, text in set_keys.items():
+        if dotted and (dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".")):
+            where = f"--set {text}"
+    more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
+    if e["type"] == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        parent = ".".join(loc[:-1])
+        guess = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f"; did you mean {parent + '.' if parent else ''}{guess[0]}?" if guess else ""
+        return f"unknown key {dotted} in {where}{hint} allowed here: {', '.join(allowed)}{more}"
+    msg = e["msg"].removeprefix("Value error, ")
+    got = f" (got {e['input']!r})" if e["type"] not in ("value_error", "missing") and "input" in e else ""
+    if not dotted:  # a cross-field check: name the overrides too, any of them may be the cause
+        given = "".join(f" with --set {text}" for text in set_keys.values())
+        return f"{source}{given}: {msg}{more}"
+    return f"{where}: {dotted}: {msg}{got}{more}"
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        if part.isdigit():
+            continue
+        ann = model.model_fields[part].annotation
+        inner = _model_in(ann)
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    origin = typing.get_origin(ann)
+    if origin in (list, tuple, typing.Union, types.UnionType):
+        for arg in typing.get_args(ann):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(cfg: BaseModel) -> dict[str, Any]:
+    """Dotted-key view of a config, for experiment trackers' params."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, list) and node and isinstance(node[0], dict):
+            for i, v in enumerate(node):
+                walk(f"{prefix}.{i}", v)
+        else:
+            out[prefix] = node
+
+    walk("", cfg.model_dump(mode="json"))
+    return out

@@ -1,0 +1,1 @@
+"""Label-free and probe evaluation of representations."""

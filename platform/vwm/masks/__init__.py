@@ -1,0 +1,1 @@
+"""Multi-block 3D masking for JEPA pretraining; pure sampling, no shared counters."""

@@ -1,0 +1,1 @@
+"""Single-device model code: no distributed, tracking or data-loading imports here."""

@@ -1,0 +1,41 @@
+"""The trainable JEPA pair (context encoder + predictor) and the construction of encoder and target."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from vwm.config import ModelConfig
+from vwm.models.predictor import Predictor
+from vwm.models.vit import VisionTransformer, token_grid
+
+
+class JEPA(nn.Module):
+    """Context encoder and predictor in one module, so one optimizer / DeepSpeed engine owns both."""
+
+    def __init__(self, cfg: ModelConfig, frames: int, crop: int, num_mask_sets: int):
+        super().__init__()
+        self.encoder = VisionTransformer(cfg, frames, crop)
+        self.predictor = Predictor(cfg, token_grid(cfg, frames, crop), num_mask_sets)
+
+    def forward(self, clips_BCTHW: torch.Tensor, masks: list[tuple[torch.Tensor, torch.Tensor]]):
+        """One prediction per mask set: the context encoder runs once per set on that set's context."""
+        preds = []
+        for i, (ctx_idx_BN, tgt_idx_BK) in enumerate(masks):
+            ctx_BND = self.encoder(clips_BCTHW, ctx_idx_BN)
+            preds.append(self.predictor(ctx_BND, ctx_idx_BN, tgt_idx_BK, i))
+        return preds
+
+
+def build_models(cfg: ModelConfig, frames: int, crop: int, num_mask_sets: int) -> tuple[JEPA, VisionTransformer]:
+    """The trainable pair and a frozen copy of its encoder to serve as the EMA target."""
+    jepa = JEPA(cfg, frames, crop, num_mask_sets)
+    target = copy.deepcopy(jepa.encoder)
+    target.requires_grad_(False)
+    return jepa, target
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,50 @@
+"""The training step, shared by the single-process and the distributed loop (there is no second copy)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from vwm.config import OptimConfig
+from vwm.data.transforms import normalize_clips
+from vwm.masks.collate import Batch
+from vwm.train.ema import ema_update
+from vwm.train.loss import jepa_loss, target_features
+from vwm.train.schedules import ema_at, lr_at, wd_at
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    lr: float
+    wd: float
+    momentum: float
+    skipped: bool  # a non-finite loss: no update was applied
+    target_BND: torch.Tensor  # layer-normed target features, kept for the collapse monitors
+
+
+def train_step(engine, target: torch.nn.Module, batch: Batch, *, optim: OptimConfig, total_steps: int,
+               device: torch.device, autocast_dtype: torch.dtype | None) -> StepResult:
+    """forward (target, context, predictor) -> L1 loss -> backward -> optimizer step -> EMA update."""
+    step = batch.step
+    lr, wd = lr_at(step, optim.lr, total_steps), wd_at(step, optim.weight_decay, total_steps)
+    momentum = ema_at(step, optim.ema, total_steps)
+    clips_BCTHW = normalize_clips(batch.clips_BTHWC.to(device, non_blocking=True))
+    masks = [(c.to(device, non_blocking=True), t.to(device, non_blocking=True)) for c, t in batch.masks]
+    amp = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    with amp:
+        target_BND = target_features(target, clips_BCTHW)
+        preds = engine(clips_BCTHW, masks)
+        loss = jepa_loss(preds, target_BND, masks)
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        engine.skip_step()
+        return StepResult(loss_value, float("nan"), lr, wd, momentum, True, target_BND)
+    grad_norm = engine.backward_and_step(loss, lr, wd)
+    ema_update(target, engine.online_encoder_params(), momentum)
+    return StepResult(loss_value, grad_norm, lr, wd, momentum, False, target_BND)
