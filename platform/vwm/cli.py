@@ -47,6 +47,43 @@ def _config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_synth(args: argparse.Namespace) -> int:
+    from vwm.config import SyntheticConfig
+    from vwm.data.shards import DataSourceError
+    from vwm.data.tools import run_synth
+    from vwm.raycluster import connect
+
+    try:
+        cfg = SyntheticConfig(video_frames=args.frames, height=args.size, width=args.size, fps=args.fps,
+                              max_objects=args.max_objects, num_videos=args.num_videos)
+    except ValueError as e:
+        print(f"vwm: bad synth option: {e}", file=sys.stderr)
+        return 2
+    connect()
+    try:
+        run_synth(args.out, num_videos=args.num_videos, shards=args.shards, seed=args.seed, cfg=cfg,
+                  endpoint_url=args.endpoint_url)
+    except DataSourceError as e:
+        print(f"vwm: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    from vwm.data.shards import DataSourceError
+    from vwm.data.tools import run_inspect
+    from vwm.raycluster import connect
+
+    connect()
+    try:
+        report = run_inspect(args.paths, args.endpoint_url)
+    except DataSourceError as e:
+        print(f"vwm: {e}", file=sys.stderr)
+        return 2
+    print(report.text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vwm", description="video world models: JEPA pretraining on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="train in this process, no Ray cluster")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.set_defaults(func=_pretrain)
+    data = sub.add_parser("data", help="make and inspect video shards").add_subparsers(dest="data_cmd", required=True)
+    p = data.add_parser("synth", help="write synthetic moving-shape videos as WebDataset tar shards")
+    p.add_argument("--out", required=True, help="folder or s3:// prefix for shard-NNNNN.tar files")
+    p.add_argument("--num-videos", type=int, default=256)
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=64, help="frames per video")
+    p.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
+    p.add_argument("--fps", type=int, default=15)
+    p.add_argument("--max-objects", type=int, default=4)
+    p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// outputs")
+    p.set_defaults(func=_data_synth)
+    p = data.add_parser("inspect", help="count videos, duration, resolutions, fps; list unreadable files")
+    p.add_argument("paths", nargs="+", help="files, folders, globs or s3:// prefixes")
+    p.add_argument("--endpoint-url", default=None)
+    p.set_defaults(func=_data_inspect)
     p = sub.add_parser("config", help="print the resolved config (defaults, file, overrides) as YAML")
     add_config_args(p)
     p.set_defaults(func=_config_show)

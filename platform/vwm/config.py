@@ -57,13 +57,43 @@ class SyntheticConfig(_Strict):
         return self
 
 
+class AugmentConfig(_Strict):
+    """V-JEPA's clip augmentation: one random resized crop and flip per clip, shared by all its frames."""
+
+    random_resized_crop: bool = True
+    scale: tuple[float, float] = (0.3, 1.0)
+    aspect_ratio: tuple[float, float] = (0.75, 1.35)
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+
+
 class DataConfig(_Strict):
-    source: Literal["synthetic"] = "synthetic"
+    source: Literal["synthetic", "shards"] = "synthetic"
+    paths: list[str] = Field(default_factory=list, description="files, folders, prefixes or globs; local or s3://")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
     frames: int = Field(16, ge=1, description="frames per clip")
     frame_step: int = Field(4, ge=1, description="take every n-th frame of the video")
+    target_fps: float | None = Field(None, gt=0, description="if set, the frame step follows each video's fps")
+    clips_per_video: int = Field(1, ge=1)
     crop: int = Field(224, ge=1, description="square crop side in pixels")
     batch_size: int = Field(24, ge=1, description="clips per worker per step")
+    augment: AugmentConfig = AugmentConfig()
+    shuffle_buffer: int = Field(64, ge=0, description="clips in each worker's local shuffle buffer; 0 = off")
+    prefetch_batches: int = Field(2, ge=0)
+    decode_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each Ray Data decode task")
     synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("paths"), str):
+            data = {**data, "paths": [data["paths"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _paths(self) -> DataConfig:
+        if self.source == "shards" and not self.paths:
+            raise ValueError("data.source=shards needs data.paths (files, folders, globs or s3:// prefixes)")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- masks
