@@ -18,9 +18,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="dotted override, repeatable: --set model.depth=4 --set train.steps=20")
 
 
-def load_or_exit(args: argparse.Namespace) -> RunConfig:
+def load_or_exit(args: argparse.Namespace, model: type | None = None) -> RunConfig:
     try:
-        return load_config(args.config, args.overrides)
+        return load_config(args.config, args.overrides, model)
     except ConfigError as e:
         print(f"vwm: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -266,9 +266,26 @@ class RunConfig(_Strict):
         return self
 
 
+class BenchDataConfig(_Strict):
+    """``jobs/bench_data.py``: Ray Data decoding throughput beside a plain single-process PyAV loop."""
+
+    num_videos: int = Field(48, ge=1)
+    shards: int = Field(8, ge=1)
+    seed: int = 0
+    out: str = "outputs/bench_data"
+    cpus: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    synthetic: SyntheticConfig = SyntheticConfig(video_frames=96, height=128, width=128)
+    data: DataConfig = DataConfig(source="shards", paths=["outputs/bench_data"], frames=16, frame_step=2,
+                                  clips_per_video=2, crop=112, shuffle_buffer=0)
+    report: str | None = Field("docs/performance.md", description="markdown file whose table is replaced")
+
+
 # ------------------------------------------------------------------------------------------- loading
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read ``path`` (YAML), apply ``key.path=value`` overrides, validate. Raises ConfigError."""
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                model: type[BaseModel] | None = None) -> Any:
+    """Read ``path`` (YAML), apply ``key.path=value`` overrides, validate as ``model`` (default RunConfig).
+    Raises ConfigError."""
+    model = model or RunConfig
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -284,14 +301,14 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{source}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections (data, model, ...)")
-    set_keys = _apply_overrides(raw, overrides)
+    set_keys = _apply_overrides(raw, overrides, model)
     try:
-        return RunConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_describe(e, source, set_keys)) from None
+        raise ConfigError(_describe(e, source, set_keys, model)) from None
 
 
-def _apply_overrides(raw: dict[str, Any], overrides) -> dict[str, str]:
+def _apply_overrides(raw: dict[str, Any], overrides, model: type[BaseModel]) -> dict[str, str]:
     """Apply ``a.b.c=value`` (value parsed as YAML) in place; return dotted key -> original override text."""
     applied: dict[str, str] = {}
     for item in overrides:
@@ -303,7 +320,7 @@ def _apply_overrides(raw: dict[str, Any], overrides) -> dict[str, str]:
         except yaml.YAMLError:
             value = text
         parts = key.split(".")
-        node = _descend(raw, parts, item, defaults=RunConfig().model_dump(mode="json"))
+        node = _descend(raw, parts, item, defaults=model().model_dump(mode="json"))
         last = parts[-1]
         if isinstance(node, list):
             node[_list_index(node, last, item)] = value
@@ -338,7 +355,7 @@ def _list_index(node: list, part: str, item: str) -> int:
     return int(part)
 
 
-def _describe(err: ValidationError, source: str, set_keys: dict[str, str]) -> str:
+def _describe(err: ValidationError, source: str, set_keys: dict[str, str], model: type[BaseModel]) -> str:
     e = err.errors()[0]
     loc = [str(p) for p in e["loc"]]
     dotted = ".".join(loc)
@@ -348,7 +365,7 @@ def _describe(err: ValidationError, source: str, set_keys: dict[str, str]) -> st
             where = f"--set {text}"
     more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
     if e["type"] == "extra_forbidden":
-        allowed = _fields_at(loc[:-1])
+        allowed = _fields_at(model, loc[:-1])
         parent = ".".join(loc[:-1])
         guess = difflib.get_close_matches(loc[-1], allowed, n=1)
         hint = f"; did you mean {parent + '.' if parent else ''}{guess[0]}?" if guess else ""
@@ -361,8 +378,7 @@ def _describe(err: ValidationError, source: str, set_keys: dict[str, str]) -> st
     return f"{where}: {dotted}: {msg}{got}{more}"
 
 
-def _fields_at(loc: list[str]) -> list[str]:
-    model: type[BaseModel] = RunConfig
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     for part in loc:
         if part.isdigit():
             continue

@@ -158,3 +158,42 @@ def test_pipeline_feeds_a_two_worker_ray_train_loop(local_shards, tmp_path):
     assert all(s["shapes"] == [[4, 8, 32, 32, 3]] for s in seen)
     # 12 videos x 2 clips x 2 epochs = 48 clips split between the two workers (whole batches only)
     assert all(s["clips"] >= 16 for s in seen) and sum(s["clips"] for s in seen) <= 48
+
+
+def test_local_pretraining_on_shards_resumes_at_its_data_position(local_shards, tmp_path):
+    from vwm.config import load_config
+    from vwm.train import checkpoint as ckpt
+    from vwm.train.loop import run_local
+    from tests.conftest import REPO
+
+    out, _ = local_shards
+    cfg = load_config(REPO / "configs" / "pretrain" / "debug_shards.yaml",
+                      [f"data.paths=[{out}]", f"train.output_dir={tmp_path}", "train.steps=8",
+                       "train.checkpoint_every=4", "data.batch_size=4", "train.device=cpu"])
+    first = run_local(cfg, stop_at=4, progress=False)
+    state = ckpt.load_checkpoint(first.last_checkpoint)
+    epoch, order = state["data_position"]["position"]
+    assert epoch == 0 and 0 <= order < 3
+    rest = run_local(cfg, resume=True, progress=False)
+    assert rest.start_step == 4 and rest.final_step == 8
+    assert all(np.isfinite(first.losses + rest.losses))
+    rows = [json.loads(line) for line in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["data/skipped_videos"] == 0
+
+
+def test_bench_data_job_runs_and_writes_its_table(tmp_path, ray_cluster):
+    from vwm.config import BenchDataConfig
+    from vwm.data.bench import run_bench_data
+
+    report = tmp_path / "perf.md"
+    report.write_text("# Performance\n")
+    cfg = BenchDataConfig(num_videos=4, shards=2, out=str(tmp_path / "bench"), cpus=[1, 2], report=str(report),
+                          synthetic=SyntheticConfig(video_frames=32, height=48, width=48),
+                          data=_data_cfg([str(tmp_path / "bench")], shuffle_buffer=0))
+    rows = run_bench_data(cfg)
+    assert [(r["what"], r["cpus"]) for r in rows] == [("single-process PyAV loop", 1),
+                                                      ("bare processes, no Ray (ceiling)", 2),
+                                                      ("Ray Data pipeline", 1), ("Ray Data pipeline", 2)]
+    assert all(r["clips"] == 4 * 2 for r in rows) and all(r["clips_per_s"] > 0 for r in rows)
+    text = report.read_text()
+    assert text.startswith("# Performance") and "| Ray Data pipeline | 2 | 8 |" in text

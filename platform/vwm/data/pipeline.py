@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
+import itertools
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -107,16 +108,27 @@ def _decode_file(uri: str, epoch: int, order: int, cfg: DataConfig, seed: int, l
             "meta": np.asarray(metas, dtype=object)}
 
 
-def build_dataset(cfg: DataConfig, *, seed: int, epochs: Iterable[int], ledger) -> ray.data.Dataset:
-    """A streaming dataset of augmented clips over the given epochs. Bad paths fail here, before any work."""
+def build_dataset(cfg: DataConfig, *, seed: int, epochs: Iterable[int], ledger, start_order: int = 0,
+                  max_tasks: int | None = None) -> ray.data.Dataset:
+    """A streaming dataset of augmented clips over the given epochs. Bad paths fail here, before any work.
+
+    ``start_order`` skips the first files of the first epoch: a resumed run restarts at the file it was
+    reading (clips of that file already consumed are seen again, at most one file's worth per worker).
+    """
     sources = list_sources(cfg.paths, cfg.endpoint_url)
+    epochs = list(epochs)
     items = [{"uri": uri, "epoch": e, "order": i}
-             for e in epochs for i, uri in enumerate(epoch_order(sources, seed, e))]
+             for e in epochs for i, uri in enumerate(epoch_order(sources, seed, e))
+             if e != epochs[0] or i >= start_order]
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    # Ray Data reserves a share of the cluster per operator; on a 2-CPU node that caps our one decode
+    # operator at a single task (measured: no speed-up from a second CPU). The reservation guards
+    # multi-operator pipelines against starvation, which a single map operator cannot suffer.
+    ctx.op_resource_reservation_enabled = False
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), _MAX_BLOCKS))
     return ds.map_batches(_decode_files, batch_size=1, fn_kwargs={"cfg": cfg, "seed": seed, "ledger": ledger},
-                          num_cpus=cfg.decode_num_cpus)
+                          num_cpus=cfg.decode_num_cpus, concurrency=max_tasks)
 
 
 class _NumpyCollate(NumpyBatchCollateFn):
@@ -139,3 +151,12 @@ def clip_batches(source, collate_fn, cfg: DataConfig, *, seed: int, rank: int, p
         local_shuffle_seed=int(np.random.SeedSequence([seed, rank, pass_index]).generate_state(1)[0]) if shuffle
         else None,
         drop_last=True)
+
+
+def local_batches(cfg: DataConfig, collate_fn, *, seed: int, ledger, position: tuple[int, int] | None = None):
+    """Endless batches for a single consumer (``vwm pretrain --local``): one dataset per epoch, built as the
+    previous one runs out, starting at a checkpoint's (epoch, file order) position."""
+    epoch, order = position or (0, 0)
+    for e in itertools.count(epoch):
+        ds = build_dataset(cfg, seed=seed, epochs=[e], ledger=ledger, start_order=order if e == epoch else 0)
+        yield from clip_batches(ds, collate_fn, cfg, seed=seed, rank=0, pass_index=e)

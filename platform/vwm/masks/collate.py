@@ -16,6 +16,7 @@ class Batch:
     clips_BTHWC: torch.Tensor  # uint8; normalised on the training device, which moves 4x fewer bytes
     masks: list[tuple[torch.Tensor, torch.Tensor]]  # per mask set: context (B, N), target (B, K) indices
     step: int
+    position: tuple[int, int] | None = None  # (epoch, file order) of the batch's last source file
 
 
 class MaskCollator:
@@ -39,4 +40,7 @@ class MaskCollator:
         clips = torch.as_tensor(np.ascontiguousarray(batch["clips"]))
         step = self.next_step
         self.next_step += 1
-        return Batch(clips_BTHWC=clips, masks=self.masks_for(step, clips.shape[0]), step=step)
+        position = None
+        if "epoch" in batch and "order" in batch:
+            position = max(zip(batch["epoch"].tolist(), batch["order"].tolist()))
+        return Batch(clips_BTHWC=clips, masks=self.masks_for(step, clips.shape[0]), step=step, position=position)

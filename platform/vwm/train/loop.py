@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -47,6 +48,26 @@ def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
     return device, (torch.bfloat16 if bf16 else None)
 
 
+def _batches(cfg: RunConfig, collate: MaskCollator, start_step: int, position, run_name: str):
+    """The batch stream and a function counting skipped videos: in-process synthetic clips, or shards
+    through the Ray Data pipeline on a local (or RAY_ADDRESS) Ray cluster."""
+    if cfg.data.source == "synthetic":
+        d = cfg.data
+        source = SyntheticClips(d.synthetic, frames=d.frames, frame_step=d.frame_step, crop=d.crop,
+                                batch_size=d.batch_size, seed=cfg.train.seed,
+                                steps_per_epoch=cfg.train.steps_per_epoch)
+        return (collate(source.batch(step, rank=0)) for step in itertools.count(start_step)), lambda: 0
+    import ray
+
+    from vwm.data.pipeline import local_batches, skip_ledger
+    from vwm.raycluster import connect
+
+    connect()
+    ledger = skip_ledger(f"skips-{run_name}")
+    stream = local_batches(cfg.data, collate, seed=cfg.train.seed, ledger=ledger, position=position)
+    return iter(stream), lambda: ray.get(ledger.count.remote())
+
+
 def resolve_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     """``output_dir/run_name``; a fresh run never writes into an earlier run's folder, it takes ``-1``, ``-2``..."""
     base = Path(cfg.output_dir).resolve() / cfg.run_name
@@ -81,7 +102,7 @@ def run_local(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
     engine = LocalEngine(jepa, cfg.optim, device)
     target.to(device)
 
-    start_step = 0
+    start_step, data_position = 0, None
     latest = ckpt.latest_checkpoint(run_dir / "checkpoints") if resume else None
     if latest is not None:
         state = ckpt.load_checkpoint(latest)
@@ -89,16 +110,15 @@ def run_local(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
         target.load_state_dict(state["target"])
         ckpt.set_rng_state(state["rng"])
         start_step = state["step"]
+        data_position = state["data_position"].get("position")
         log.info("resumed from %s at step %d", latest, start_step)
     elif resume:
         log.warning("--resume: no checkpoint under %s, starting from step 0", run_dir / "checkpoints")
 
-    source = SyntheticClips(cfg.data.synthetic, frames=cfg.data.frames, frame_step=cfg.data.frame_step,
-                            crop=cfg.data.crop, batch_size=cfg.data.batch_size, seed=t.seed,
-                            steps_per_epoch=t.steps_per_epoch)
     grid = token_grid(cfg.model, cfg.data.frames, cfg.data.crop)
     collate = MaskCollator(cfg.mask, grid, seed=t.seed, rank=0, steps_per_epoch=t.steps_per_epoch,
                            start_step=start_step)
+    batches, skipped_videos = _batches(cfg, collate, start_step, data_position, run_dir.name)
     tracker = make_tracker(cfg.tracking, run_dir)
     tracker.log_params(flatten(cfg))
     summary = RunSummary(run_dir=run_dir, start_step=start_step, final_step=start_step)
@@ -108,7 +128,7 @@ def run_local(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
                desc=t.run_name, dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
-        batch = collate(source.batch(step, rank=0))
+        batch = next(batches)
         t1 = time.perf_counter()
         out = train_step(engine, target, batch, optim=cfg.optim, total_steps=t.steps, device=device,
                          autocast_dtype=autocast_dtype)
@@ -127,11 +147,13 @@ def run_local(cfg: RunConfig, *, resume: bool = False, progress: bool = True,
             bar.set_postfix(loss=f"{out.loss:.4f}", lr=f"{out.lr:.2e}", m=f"{out.momentum:.5f}",
                             std=f"{monitor['repr/std']:.3f}", rankme=f"{monitor['repr/rankme']:.1f}")
         if step % t.log_every == 0 or step == t.steps - 1 or "repr/std" in metrics:
+            metrics["data/skipped_videos"] = skipped_videos()
             tracker.log_metrics(metrics, step)
         done = step + 1
         if done % t.checkpoint_every == 0 or done == end:
             state = {"step": done, "engine": engine.state_dict(), "target": target.state_dict(),
-                     "rng": ckpt.rng_state(), "data_position": {"next_step": done}}
+                     "rng": ckpt.rng_state(),
+                     "data_position": {"next_step": done, "position": batch.position}}
             summary.last_checkpoint = ckpt.save_checkpoint(run_dir / "checkpoints", done, state,
                                                            t.keep_checkpoints)
         summary.final_step = done
