@@ -28,16 +28,33 @@ def load_or_exit(args: argparse.Namespace, model: type | None = None) -> RunConf
 
 def _pretrain(args: argparse.Namespace) -> int:
     cfg = load_or_exit(args)
-    if not args.local:
-        print("vwm: distributed pretraining (Ray Train + DeepSpeed) is not part of this build yet; "
-              "run single-process with --local", file=sys.stderr)
-        return 2
-    from vwm.train.loop import run_local
+    if args.local:
+        from vwm.train.loop import run_local
 
-    summary = run_local(cfg, resume=args.resume)
-    print(f"trained steps {summary.start_step}..{summary.final_step}; final loss {summary.losses[-1]:.4f}; "
-          f"checkpoint {summary.last_checkpoint}; outputs in {summary.run_dir}")
+        summary = run_local(cfg, resume=args.resume)
+        print(f"trained steps {summary.start_step}..{summary.final_step}; final loss {summary.losses[-1]:.4f}; "
+              f"checkpoint {summary.last_checkpoint}; outputs in {summary.run_dir}")
+        return 0
+    from vwm.data.shards import DataSourceError
+    from vwm.train.launch import run_pretrain
+
+    try:
+        result = run_pretrain(cfg, resume=args.resume)
+    except DataSourceError as e:
+        print(f"vwm: {e}", file=sys.stderr)
+        return 2
+    print(describe_result(result))
     return 0
+
+
+def describe_result(result) -> str:
+    lines = [f"run {result.name}: final metrics {result.metrics}", f"checkpoint: {result.checkpoint_path}"]
+    if result.tracker.get("backend") == "mlflow":
+        lines.append(f"MLflow run {result.tracker['run_id']} at {result.tracker['tracking_uri']}")
+        if result.model_uri:
+            lines.append(f"model: {result.model_uri}  (vwm.load_world_model(\"{result.model_uri}\"))")
+        lines.append(f"browse it: mlflow ui --backend-store-uri {result.tracker['tracking_uri']}")
+    return "\n".join(lines)
 
 
 def _config_show(args: argparse.Namespace) -> int:
@@ -89,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pretrain", help="self-supervised V-JEPA pretraining")
     add_config_args(p)
-    p.add_argument("--local", action="store_true", help="train in this process, no Ray cluster")
+    p.add_argument("--local", action="store_true",
+                   help="train in this process; default: Ray Train + DeepSpeed on RAY_ADDRESS or a local Ray")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.set_defaults(func=_pretrain)
     data = sub.add_parser("data", help="make and inspect video shards").add_subparsers(dest="data_cmd", required=True)

@@ -211,6 +211,7 @@ class OptimConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(10.0, ge=0, description="0 disables clipping")
+    grad_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -226,11 +227,29 @@ class TrainConfig(_Strict):
     run_name: str = "pretrain"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
+
+
+class DistConfig(_Strict):
+    """Ray Train + DeepSpeed: workers, resources, ZeRO stage, fault tolerance, checkpoint storage."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(0.5, gt=0, description="leave CPUs for Ray Data decode tasks")
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    max_failures: int = Field(0, ge=-1, description="restarts from the latest checkpoint; -1: no limit")
+    storage_path: str = Field("outputs/ray", description="local folder or s3://bucket/prefix for checkpoints")
+    checksum_every: int = Field(50, ge=1, description="compare the EMA target's checksum across ranks")
+    dataset_epochs: int | None = Field(None, ge=1, description="passes over the shards; default: enough for steps")
 
 
 class TrackingConfig(_Strict):
-    backend: Literal["none", "jsonl"] = "jsonl"
+    backend: Literal["none", "jsonl", "mlflow"] = "jsonl"
     experiment: str = "vwm"
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db")
+    register_as: str | None = Field("vwm-jepa", description="registered model name; null: do not register")
+    alias: str = "latest"
+    log_checkpoints: bool = True
 
 
 class RunConfig(_Strict):
@@ -239,6 +258,7 @@ class RunConfig(_Strict):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    dist: DistConfig = DistConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ def test_vwm_pretrain_local_cli(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "trained steps 0..3" in proc.stdout
-    assert (tmp_path / "debug_cpu" / "checkpoints" / "step_00000003" / "state.pt").is_file()
+    assert (tmp_path / "debug_cpu" / "checkpoints" / "step_00000003" / "meta.json").is_file()
     resumed = subprocess.run([sys.executable, "-m", "vwm.cli", "pretrain", "--local", "--resume", "-c",
                               str(DEBUG_CONFIG), "--set", f"train.output_dir={tmp_path}", "--set", "train.steps=5"],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -26,5 +26,5 @@ def test_jobs_pretrain_main_in_process(tmp_path, capsys):
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     cfg = load_config(DEBUG_CONFIG, [f"train.output_dir={tmp_path}", "train.steps=2"])
-    assert job.main(cfg) == 0
+    assert job.main(cfg, local=True) == 0
     assert "at step 2" in capsys.readouterr().out

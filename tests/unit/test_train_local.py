@@ -40,8 +40,8 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     half = _cfg(tmp_path / "b", "train.steps=12", "train.checkpoint_every=6")
     first = run_local(half, stop_at=6, progress=False)  # as if preempted after step 6
     assert first.last_checkpoint.name == "step_00000006"
-    state = ckpt.load_checkpoint(first.last_checkpoint)
-    assert state["step"] == 6 and state["data_position"] == {"next_step": 6, "position": None}
+    meta = json.loads((first.last_checkpoint / "meta.json").read_text())
+    assert meta == {"step": 6, "data_position": {"next_step": 6, "position": None}}
     # same run folder, full schedule: resume picks up the checkpoint at step 6
     rest = run_local(half, resume=True, progress=False)
     assert rest.start_step == 6 and rest.run_dir == first.run_dir

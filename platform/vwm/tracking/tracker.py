@@ -12,8 +12,9 @@ from vwm.config import TrackingConfig
 class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_artifact(self, path: str | Path) -> None: ...
-    def close(self) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def close(self, status: str = "FINISHED") -> None: ...
+    def handle(self) -> dict: ...  # what a worker process needs to log into the same run
 
 
 class NoopTracker:
@@ -25,11 +26,14 @@ class NoopTracker:
     def log_metrics(self, metrics, step):
         pass
 
-    def log_artifact(self, path):
+    def log_artifact(self, path, artifact_path=None):
         pass
 
-    def close(self):
+    def close(self, status="FINISHED"):
         pass
+
+    def handle(self):
+        return {"backend": "none"}
 
 
 class JsonlTracker:
@@ -47,14 +51,34 @@ class JsonlTracker:
         self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
         self._metrics.flush()
 
-    def log_artifact(self, path):
-        pass  # artifacts already live in run_dir
+    def log_artifact(self, path, artifact_path=None):
+        pass  # the run's files already live in run_dir; checkpoints stay where Ray stored them
 
-    def close(self):
+    def close(self, status="FINISHED"):
         self._metrics.close()
 
+    def handle(self):
+        return {"backend": "jsonl", "run_dir": str(self.run_dir)}
 
-def make_tracker(cfg: TrackingConfig, run_dir: str | Path) -> Tracker:
+
+def make_tracker(cfg: TrackingConfig, run_dir: str | Path, *, run_name: str | None = None,
+                 tags: dict[str, str] | None = None) -> Tracker:
+    """A new run's tracker (on the driver, or the single process of a local run)."""
     if cfg.backend == "jsonl":
         return JsonlTracker(run_dir)
+    if cfg.backend == "mlflow":
+        from vwm.tracking.mlflow import MLflowTracker
+
+        return MLflowTracker(cfg, run_name=run_name or Path(run_dir).name, tags=tags)
+    return NoopTracker()
+
+
+def attach_tracker(cfg: TrackingConfig, handle: dict) -> Tracker:
+    """A worker's tracker logging into the run that ``handle`` (from ``Tracker.handle()``) names."""
+    if handle["backend"] == "jsonl":
+        return JsonlTracker(handle["run_dir"])
+    if handle["backend"] == "mlflow":
+        from vwm.tracking.mlflow import MLflowTracker
+
+        return MLflowTracker(cfg, run_id=handle["run_id"], tracking_uri=handle["tracking_uri"])
     return NoopTracker()

@@ -26,3 +26,43 @@ def checksum(module: nn.Module) -> torch.Tensor:
         weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64).remainder_(9973)
         total += torch.stack((flat.sum(), (flat * weights).sum()))
     return total
+
+
+@torch.no_grad()
+def update_target(engine, target: nn.Module, momentum: float) -> None:
+    """EMA step from the online encoder, gathered first where ZeRO-3 has partitioned it."""
+    with engine.gathered_encoder_params() as online:
+        ema_update(target, online, momentum)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@torch.no_grad()
+def broadcast_from_rank0(module: nn.Module) -> None:
+    """Every rank's target starts as rank 0's copy, whatever its own initialisation was."""
+    if not _distributed():
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        torch.distributed.broadcast(t.data, src=0)
+
+
+class ReplicaMismatch(RuntimeError):
+    """The EMA target differs between ranks: the run cannot go on with silently diverged targets."""
+
+
+@torch.no_grad()
+def assert_identical_across_ranks(module: nn.Module, step: int) -> torch.Tensor:
+    """All-gather the checksum and fail loudly if any rank differs; returns this rank's checksum."""
+    local = checksum(module)
+    if not _distributed():
+        return local
+    device = next(module.parameters()).device
+    gathered = [torch.zeros_like(local, device=device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, local.to(device))
+    values = [g.cpu() for g in gathered]
+    if any(not torch.equal(values[0], v) for v in values[1:]):
+        raise ReplicaMismatch(f"EMA target encoder differs between ranks at step {step}: checksums "
+                              f"{[v.tolist() for v in values]}; stopping instead of training on diverged targets")
+    return local

@@ -1,15 +1,23 @@
-"""Optimisation engines behind one small interface, so the training step is written once.
+"""Optimisation engines behind one interface, so the training step is written once.
 
-``LocalEngine`` is plain PyTorch AdamW for single-process runs. The DeepSpeed engine (ZeRO) for
-distributed runs lives here too: this is the only module that imports deepspeed.
+``LocalEngine`` is plain PyTorch AdamW in one process; ``DeepSpeedEngine`` wraps encoder + predictor in a
+DeepSpeed ZeRO engine (stage 0-3). This is the only module that imports deepspeed.
+
+The interface the step uses: ``engine(clips, masks)``, ``all_finite(loss)``, ``backward(loss)``,
+``step(lr, wd)``, ``skip()``, ``gathered_encoder_params()``, ``save(dir)`` / ``load(dir)``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from pathlib import Path
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from vwm.config import OptimConfig
+from vwm.config import DistConfig, OptimConfig
 
 
 def param_groups(model: nn.Module) -> list[dict]:
@@ -21,6 +29,10 @@ def param_groups(model: nn.Module) -> list[dict]:
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
 
 
+def _cpu_state(module: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -28,36 +40,136 @@ def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> None:
 
 
 class LocalEngine:
-    """Single-process engine: AdamW, schedules applied per step, global-norm gradient clipping."""
+    """Single process: AdamW, gradient accumulation, global-norm clipping."""
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, device: torch.device):
-        self.model = model.to(device)
+        self.module = model.to(device)
         self.cfg = cfg
         self.optimizer = torch.optim.AdamW(param_groups(model), lr=cfg.lr.start, betas=cfg.betas, eps=cfg.eps)
+        self.micro = 0
 
     def __call__(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
+        return self.module(*args, **kwargs)
 
-    def backward_and_step(self, loss: torch.Tensor, lr: float, wd: float) -> float:
-        """Backward, clip, step; returns the gradient norm before clipping."""
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        return bool(torch.isfinite(loss.detach()).all())
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.cfg.grad_accumulation).backward()
+
+    def step(self, lr: float, wd: float) -> float | None:
+        """Apply the update at an accumulation boundary; returns the gradient norm before clipping then."""
+        self.micro += 1
+        if self.micro % self.cfg.grad_accumulation:
+            return None
         set_lr_wd(self.optimizer, lr, wd)
-        loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def skip_step(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def skip(self) -> None:
+        self.micro += 1
+        if self.micro % self.cfg.grad_accumulation == 0:
+            self.optimizer.zero_grad(set_to_none=True)
 
-    def online_encoder_params(self) -> list[torch.Tensor]:
-        return list(self.model.encoder.parameters())
+    @contextlib.contextmanager
+    def gathered_encoder_params(self):
+        yield list(self.module.encoder.parameters())
 
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+    def module_state(self) -> dict:
+        return _cpu_state(self.module)
 
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+    def save(self, directory: Path) -> None:
+        torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "micro": self.micro}, Path(directory) / "engine.pt")
+
+    def load(self, directory: Path) -> None:
+        state = torch.load(Path(directory) / "engine.pt", map_location="cpu", weights_only=False)
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.micro = state["micro"]
+
+
+def deepspeed_config(optim: OptimConfig, dist_cfg: DistConfig, micro_batch: int, bf16: bool) -> dict:
+    """The DeepSpeed JSON, generated from our typed config (never kept by hand)."""
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": optim.grad_accumulation,
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": {"stage": dist_cfg.zero_stage},
+        # torch's AdamW: no fused_adam JIT build; the lr/wd schedule overwrites the groups every step
+        "optimizer": {"type": "AdamW", "params": {"lr": optim.lr.start, "betas": list(optim.betas),
+                                                  "eps": optim.eps, "weight_decay": 0.0, "torch_adam": True}},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedEngine:
+    """Encoder + predictor in one DeepSpeed engine; the EMA target stays outside it (see train/ema.py)."""
+
+    def __init__(self, model: nn.Module, optim: OptimConfig, dist_cfg: DistConfig, micro_batch: int,
+                 bf16: bool, device: torch.device):
+        import deepspeed
+
+        self._deepspeed = deepspeed
+        self.zero_stage = dist_cfg.zero_stage
+        self.config = deepspeed_config(optim, dist_cfg, micro_batch, bf16)
+        model.to(device)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, model_parameters=param_groups(model), config=self.config, dist_init_required=False)
+        self.module = self.engine.module
+
+    def __call__(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
+
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        # collective: one rank skipping alone would leave the others waiting in the gradient all-reduce
+        flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=loss.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self, lr: float, wd: float) -> float | None:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        if boundary:
+            set_lr_wd(self.optimizer, lr, wd)
+        self.engine.step()
+        if not boundary:
+            return None
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else math.nan
+
+    def skip(self) -> None:
+        self.engine.zero_grad()
+
+    @contextlib.contextmanager
+    def gathered_encoder_params(self):
+        params = list(self.module.encoder.parameters())
+        if self.zero_stage == 3:
+            # every rank must enter: the gather is collective
+            with self._deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                yield params
+        else:
+            yield params
+
+    def module_state(self) -> dict:
+        """The full module state on every rank (collective under ZeRO-3, where parameters are partitioned)."""
+        if self.zero_stage == 3:
+            with self._deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+                return _cpu_state(self.module)
+        return _cpu_state(self.module)
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag="engine")  # collective: every rank writes its shard
+
+    def load(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(directory), tag="engine")
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed engine state under {directory}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +10,7 @@ import torch
 from vwm.config import OptimConfig
 from vwm.data.transforms import normalize_clips
 from vwm.masks.collate import Batch
-from vwm.train.ema import ema_update
+from vwm.train.ema import update_target
 from vwm.train.loss import jepa_loss, target_features
 from vwm.train.schedules import ema_at, lr_at, wd_at
 
@@ -19,18 +18,19 @@ from vwm.train.schedules import ema_at, lr_at, wd_at
 @dataclass
 class StepResult:
     loss: float
-    grad_norm: float
+    grad_norm: float | None  # None between accumulation boundaries
     lr: float
     wd: float
     momentum: float
-    skipped: bool  # a non-finite loss: no update was applied
+    skipped: bool  # a non-finite loss on some rank: no rank applied an update
     target_BND: torch.Tensor  # layer-normed target features, kept for the collapse monitors
 
 
 def train_step(engine, target: torch.nn.Module, batch: Batch, *, optim: OptimConfig, total_steps: int,
                device: torch.device, autocast_dtype: torch.dtype | None) -> StepResult:
-    """forward (target, context, predictor) -> L1 loss -> backward -> optimizer step -> EMA update."""
-    step = batch.step
+    """One micro-batch: forward (target, context, predictor) -> L1 loss -> backward -> optimizer step at
+    the accumulation boundary -> EMA update of the target from the (gathered) online encoder."""
+    step = batch.step // optim.grad_accumulation  # schedules follow optimizer steps
     lr, wd = lr_at(step, optim.lr, total_steps), wd_at(step, optim.weight_decay, total_steps)
     momentum = ema_at(step, optim.ema, total_steps)
     clips_BCTHW = normalize_clips(batch.clips_BTHWC.to(device, non_blocking=True))
@@ -41,10 +41,11 @@ def train_step(engine, target: torch.nn.Module, batch: Batch, *, optim: OptimCon
         target_BND = target_features(target, clips_BCTHW)
         preds = engine(clips_BCTHW, masks)
         loss = jepa_loss(preds, target_BND, masks)
-    loss_value = float(loss.detach())
-    if not math.isfinite(loss_value):
-        engine.skip_step()
-        return StepResult(loss_value, float("nan"), lr, wd, momentum, True, target_BND)
-    grad_norm = engine.backward_and_step(loss, lr, wd)
-    ema_update(target, engine.online_encoder_params(), momentum)
-    return StepResult(loss_value, grad_norm, lr, wd, momentum, False, target_BND)
+    if not engine.all_finite(loss):
+        engine.skip()
+        return StepResult(float(loss.detach()), None, lr, wd, momentum, True, target_BND)
+    engine.backward(loss)
+    grad_norm = engine.step(lr, wd)
+    if grad_norm is not None:
+        update_target(engine, target, momentum)
+    return StepResult(float(loss.detach()), grad_norm, lr, wd, momentum, False, target_BND)

@@ -1,0 +1,148 @@
+"""The MLflow backend of the Tracker interface: the only module that imports mlflow.
+
+Metrics are buffered and sent by a background thread, so training never waits on the tracking server: if
+the server goes away, the thread warns, keeps the metrics, and sends them when the server is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from vwm.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+_BATCH = 500  # MLflow's log_batch limit for metrics
+_FLUSH_S = 2.0
+
+
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    """Config, else $MLFLOW_TRACKING_URI, else ``sqlite:///mlruns.db`` made absolute (workers run elsewhere)."""
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+class MLflowTracker:
+    """One MLflow run. ``run_id=None`` creates it (the driver); a worker attaches with the driver's run id."""
+
+    def __init__(self, cfg: TrackingConfig, *, run_name: str | None = None, run_id: str | None = None,
+                 tags: dict[str, str] | None = None, tracking_uri: str | None = None):
+        self.cfg = cfg
+        self.uri = tracking_uri or resolve_tracking_uri(cfg)
+        # short HTTP retries: the flusher thread retries on its own schedule and must not hang on a dead server
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.client = MlflowClient(self.uri)
+        if run_id is None:
+            exp = self.client.get_experiment_by_name(cfg.experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.experiment)
+            run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags or {}).info.run_id
+            self.owns_run = True
+        else:
+            self.owns_run = False  # a worker attached to the driver's run: the driver ends it
+        self.run_id = run_id
+        self._pending: list[Metric] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._failing_since: float | None = None
+        self._thread = threading.Thread(target=self._flush_loop, name="mlflow-flush", daemon=True)
+        self._thread.start()
+
+    def handle(self) -> dict:
+        """What a worker needs to log into this run."""
+        return {"backend": "mlflow", "tracking_uri": self.uri, "run_id": self.run_id}
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        with self._lock:
+            self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / name).write_text(text)
+            self.client.log_artifact(self.run_id, str(Path(d) / name))
+
+    def register_model(self, model_dir: str | Path, name: str, alias: str) -> str:
+        """Log ``model_dir`` as the run's ``world_model`` artifact and register it as ``models:/name@alias``."""
+        self.client.log_artifacts(self.run_id, str(model_dir), "world_model")
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/world_model"
+        try:
+            self.client.create_registered_model(name)
+        except mlflow.exceptions.MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+        version = self.client.create_model_version(name, source=source, run_id=self.run_id)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return f"models:/{name}@{alias}"
+
+    def _flush(self) -> bool:
+        with self._lock:
+            batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+        if not batch:
+            return True
+        try:
+            self.client.log_batch(self.run_id, metrics=batch)
+        except Exception as e:  # server down, timeouts: keep the metrics and try again later
+            with self._lock:
+                self._pending = batch + self._pending
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                log.warning("MLflow server %s unreachable (%s); metrics are kept and retried", self.uri,
+                            type(e).__name__)
+            return False
+        if self._failing_since is not None:
+            log.warning("MLflow server %s is back after %.0f s; sending buffered metrics", self.uri,
+                        time.monotonic() - self._failing_since)
+            self._failing_since = None
+        return True
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(_FLUSH_S):
+            while self._pending and self._flush():
+                pass
+
+    def close(self, status: str = "FINISHED", timeout_s: float = 60.0) -> None:
+        """Send what is buffered (retrying for up to ``timeout_s``), then end the run if we created it."""
+        self._stop.set()
+        self._thread.join()
+        deadline = time.monotonic() + timeout_s
+        while self._pending and time.monotonic() < deadline:
+            if not self._flush():
+                time.sleep(1.0)
+        if self._pending:
+            log.error("MLflow: %d metric values could not be sent to %s", len(self._pending), self.uri)
+        if self.owns_run:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def download_artifacts(uri: str, tracking_uri: str | None = None) -> Path:
+    """A local folder with the contents of a ``models:/``, ``runs:/`` or artifact URI."""
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
