@@ -91,3 +91,35 @@ def ray_cluster(aws_env):
     ray.init(address="local", num_cpus=2, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+def start_mlflow(root, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` (SQLite backend, local artifacts) on loopback; stopped with stop_pid."""
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root / f"mlflow-{port}.log", "a")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health", timeout=90)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    proc = start_mlflow(root, port)
+    yield f"http://127.0.0.1:{port}"
+    stop_pid(proc)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clear_stale_extension_locks():
+    """A DeepSpeed JIT build killed midway leaves a lock that hangs every later build."""
+    from pathlib import Path
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    for lock in root.glob("**/lock") if root.is_dir() else []:
+        if time.time() - lock.stat().st_mtime > 600:
+            lock.unlink(missing_ok=True)

@@ -73,12 +73,15 @@ def make_tracker(cfg: TrackingConfig, run_dir: str | Path, *, run_name: str | No
     return NoopTracker()
 
 
-def attach_tracker(cfg: TrackingConfig, handle: dict) -> Tracker:
-    """A worker's tracker logging into the run that ``handle`` (from ``Tracker.handle()``) names."""
+def attach_tracker(cfg: TrackingConfig, handle: dict, owner: bool = False) -> Tracker:
+    """A tracker logging into the run that ``handle`` (from ``Tracker.handle()``) names: a worker's, or
+    (``owner=True``) a resumed driver's, which ends the run when it closes."""
     if handle["backend"] == "jsonl":
         return JsonlTracker(handle["run_dir"])
     if handle["backend"] == "mlflow":
         from vwm.tracking.mlflow import MLflowTracker
 
-        return MLflowTracker(cfg, run_id=handle["run_id"], tracking_uri=handle["tracking_uri"])
+        tracker = MLflowTracker(cfg, run_id=handle["run_id"], tracking_uri=handle["tracking_uri"])
+        tracker.owns_run = owner
+        return tracker
     return NoopTracker()

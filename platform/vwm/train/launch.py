@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import subprocess
@@ -15,7 +16,7 @@ from ray.train.torch import TorchTrainer
 
 from vwm.config import RunConfig, flatten, to_yaml
 from vwm.raycluster import connect
-from vwm.tracking.tracker import make_tracker
+from vwm.tracking.tracker import attach_tracker, make_tracker
 from vwm.train.distributed import ledger_name
 from vwm.train.loop import train_loop_per_worker
 
@@ -67,7 +68,9 @@ def _dataset_epochs(cfg: RunConfig, num_sources: int) -> int:
     return max(1, min(math.ceil(clips / max(1, num_sources * cfg.data.clips_per_video)) + 1, 10_000 // num_sources))
 
 
-def run_pretrain(cfg: RunConfig, *, resume: bool = False) -> PretrainResult:
+def run_pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -> PretrainResult:
+    """Train on Ray. ``stop_at`` ends this invocation after that many steps (as a preemption would), with
+    schedules still laid out over ``train.steps``; ``resume=True`` continues the newest run of the name."""
     cluster = connect()
     name = run_name(cfg, resume)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": name})})
@@ -76,9 +79,14 @@ def run_pretrain(cfg: RunConfig, *, resume: bool = False) -> PretrainResult:
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     tags = {"git_commit": _git_commit(), "ray_address": cluster, "workers": str(cfg.dist.num_workers),
             "zero_stage": str(cfg.dist.zero_stage), "run_name": name}
-    tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags=tags)
-    tracker.log_params(flatten(cfg))
-    tracker.log_artifact(run_dir / "config.yaml")
+    handle_file = run_dir / "tracker.json"
+    if resume and handle_file.is_file():  # continue the same MLflow run
+        tracker = attach_tracker(cfg.tracking, json.loads(handle_file.read_text()), owner=True)
+    else:
+        tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags=tags)
+        tracker.log_params(flatten(cfg))
+        tracker.log_artifact(run_dir / "config.yaml")
+        handle_file.write_text(json.dumps(tracker.handle()))
 
     datasets = {}
     if cfg.data.source == "shards":
@@ -90,7 +98,7 @@ def run_pretrain(cfg: RunConfig, *, resume: bool = False) -> PretrainResult:
                                           ledger=skip_ledger(ledger_name(cfg)))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "tracker": tracker.handle()},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "tracker": tracker.handle(), "stop_at": stop_at},
         scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=cfg.dist.use_gpu,
                                      resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
         run_config=RayRunConfig(name=name, storage_path=storage_root(cfg.dist.storage_path),

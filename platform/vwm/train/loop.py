@@ -258,6 +258,7 @@ def train_loop_per_worker(config: dict) -> None:
                   save_checkpoint=checkpointer.save, skipped_videos=skipped_videos,
                   mean_across_ranks=all_reduce_mean, progress=False, name=cfg.train.run_name)
     try:
-        train_loop(cfg, engine, target, batches, start_step=start_step, end_step=cfg.train.steps, env=env)
+        end = min(config.get("stop_at") or cfg.train.steps, cfg.train.steps)
+        train_loop(cfg, engine, target, batches, start_step=start_step, end_step=end, env=env)
     finally:
         tracker.close()
