@@ -248,8 +248,15 @@ class TrackingConfig(_Strict):
     experiment: str = "vwm"
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db")
     register_as: str | None = Field("vwm-jepa", description="registered model name; null: do not register")
-    alias: str = "latest"
+    alias: str | None = Field(None, description="extra alias for the new version, e.g. candidate")
     log_checkpoints: bool = True
+
+    @model_validator(mode="after")
+    def _alias(self) -> TrackingConfig:
+        if self.alias and self.alias.lower() == "latest":
+            raise ValueError("tracking.alias=latest is reserved by MLflow; every run registers a new version, and "
+                             "models:/NAME@latest (vwm) or models:/NAME/latest (MLflow) loads the newest one")
+        return self
 
 
 class RunConfig(_Strict):

@@ -88,8 +88,9 @@ class MLflowTracker:
             (Path(d) / name).write_text(text)
             self.client.log_artifact(self.run_id, str(Path(d) / name))
 
-    def register_model(self, model_dir: str | Path, name: str, alias: str) -> str:
-        """Log ``model_dir`` as the run's ``world_model`` artifact and register it as ``models:/name@alias``."""
+    def register_model(self, model_dir: str | Path, name: str, alias: str | None = None) -> str:
+        """Log ``model_dir`` as the run's ``world_model`` artifact and register a new version of ``name``;
+        returns ``models:/name@latest`` (vwm's name for the newest version), or ``@alias`` if one is set."""
         self.client.log_artifacts(self.run_id, str(model_dir), "world_model")
         source = f"{self.client.get_run(self.run_id).info.artifact_uri}/world_model"
         try:
@@ -98,8 +99,11 @@ class MLflowTracker:
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
                 raise
         version = self.client.create_model_version(name, source=source, run_id=self.run_id)
-        self.client.set_registered_model_alias(name, alias, version.version)
-        return f"models:/{name}@{alias}"
+        self.set_tags({"registered_model": f"models:/{name}/{version.version}"})
+        if alias:
+            self.client.set_registered_model_alias(name, alias, version.version)
+            return f"models:/{name}@{alias}"
+        return f"models:/{name}@latest"
 
     def _flush(self) -> bool:
         with self._lock:
@@ -142,7 +146,12 @@ class MLflowTracker:
 
 
 def download_artifacts(uri: str, tracking_uri: str | None = None) -> Path:
-    """A local folder with the contents of a ``models:/``, ``runs:/`` or artifact URI."""
+    """A local folder with the contents of a ``models:/``, ``runs:/`` or artifact URI.
+
+    MLflow reserves the alias ``latest``; ``models:/NAME@latest`` is read as its ``models:/NAME/latest``.
+    """
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
+    if uri.startswith("models:/") and uri.lower().endswith("@latest"):
+        uri = uri[: -len("@latest")] + "/latest"
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
