@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Start a token-authenticated Ray head and an MLflow server on loopback, in the background.
+# Process ids and logs go to $VWM_CLUSTER_DIR (default outputs/cluster); stop them with cluster/local/stop.sh.
+#   RAY_PORT (6390)  DASHBOARD_PORT (8266)  MLFLOW_PORT (5055)  NUM_CPUS (all)  PYTHON (.venv/bin/python)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DIR=${VWM_CLUSTER_DIR:-outputs/cluster}
+RAY_PORT=${RAY_PORT:-6390}
+DASHBOARD_PORT=${DASHBOARD_PORT:-8266}
+MLFLOW_PORT=${MLFLOW_PORT:-5055}
+PYTHON=${PYTHON:-.venv/bin/python}
+BIN=$(dirname "$PYTHON")
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+
+# token auth stays on: the job server then refuses requests without ~/.ray/auth_token
+RAY_AUTH_MODE=token setsid "$BIN/ray" start --head --block --node-ip-address 127.0.0.1 --port "$RAY_PORT" \
+  --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" ${NUM_CPUS:+--num-cpus "$NUM_CPUS"} \
+  --disable-usage-stats > "$DIR/ray.log" 2>&1 &
+echo $! > "$DIR/ray.pid"
+
+setsid "$PYTHON" -m mlflow server --backend-store-uri "sqlite:///$DIR/mlflow.db" \
+  --artifacts-destination "$DIR/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
+  > "$DIR/mlflow.log" 2>&1 &
+echo $! > "$DIR/mlflow.pid"
+
+wait_for() {  # url, seconds
+  for _ in $(seq 1 "$2"); do
+    if "$PYTHON" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$1" 2>/dev/null; then
+      return 0; fi
+    sleep 1
+  done
+  echo "no answer from $1; see $DIR/*.log" >&2
+  return 1
+}
+wait_for "http://127.0.0.1:$MLFLOW_PORT/health" 90
+for _ in $(seq 1 90); do grep -q "Ray runtime started" "$DIR/ray.log" && break; sleep 1; done
+grep -q "Ray runtime started" "$DIR/ray.log" || { echo "Ray head did not start; see $DIR/ray.log" >&2; exit 1; }
+
+cat > "$DIR/env.sh" <<ENV
+export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
+export RAY_AUTH_MODE=token
+export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
+ENV
+echo "Ray head (token auth) and MLflow are up. For the job CLI: source $DIR/env.sh, then"
+echo "  ray job submit --runtime-env cluster/runtime_env.yaml -- $PYTHON jobs/pretrain.py --config configs/pretrain/debug_cpu.yaml"
