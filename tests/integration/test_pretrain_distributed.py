@@ -114,3 +114,25 @@ def test_killed_worker_restarts_from_latest_checkpoint_and_every_checkpoint_load
     steps = [json.loads(line)["step"] for line in (Path(cfg.train.output_dir) / result.name / "metrics.jsonl")
              .read_text().splitlines()]
     assert steps.count(0) == 1 and steps[-1] == 15
+
+
+def test_checkpoints_to_s3_and_resume_from_there(tmp_path, s3_bucket, ray_cluster):
+    import s3fs
+
+    from vwm.train.launch import run_pretrain
+
+    endpoint, bucket = s3_bucket
+    host = endpoint.removeprefix("http://")
+    storage = f"s3://{bucket}/runs?endpoint_override={host}&scheme=http"
+    cfg = load_config(DEBUG_CONFIG, [f"train.output_dir={tmp_path}/out", f"dist.storage_path={storage}",
+                                     "train.run_name=s3run", "train.steps=4", "train.checkpoint_every=2",
+                                     "data.batch_size=4", "train.device=cpu", "tracking.backend=jsonl"])
+    first = run_pretrain(cfg, stop_at=2)
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint)
+    ckpt_dir = first.checkpoint_path
+    assert ckpt_dir.startswith(f"{bucket}/runs/{first.name}/checkpoint_")
+    assert {"meta.json", "target.pt", "rng_rank0.pt", "rng_rank1.pt"} <= {p.rsplit("/", 1)[-1]
+                                                                         for p in fs.ls(ckpt_dir)}
+    resumed = run_pretrain(cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": first.name})}),
+                           resume=True)
+    assert resumed.name == first.name and resumed.metrics["step"] == 4

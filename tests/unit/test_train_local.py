@@ -70,3 +70,17 @@ def test_non_finite_loss_skips_the_update(tmp_path, monkeypatch):
     s = run_local(_cfg(tmp_path, "train.steps=3"), progress=False)
     assert s.skipped_steps == 1
     assert torch.isnan(torch.tensor(s.losses[1])) and all(map(lambda v: v == v, [s.losses[0], s.losses[2]]))
+
+
+def test_non_finite_losses_in_a_row_stop_the_run_with_a_clear_error(tmp_path, monkeypatch):
+    import vwm.train.step as step_mod
+    from vwm.train.loop import NonFiniteLoss
+
+    monkeypatch.setattr(step_mod, "jepa_loss", lambda *a: torch.tensor(float("inf"), requires_grad=True))
+    with pytest.raises(NonFiniteLoss, match=r"3 non-finite losses in a row .*train.max_nonfinite_steps"):
+        run_local(_cfg(tmp_path, "train.steps=10", "train.max_nonfinite_steps=3"), progress=False)
+
+
+def test_gradient_accumulation_steps_once_per_k_micro_batches(tmp_path):
+    s = run_local(_cfg(tmp_path, "train.steps=3", "optim.grad_accumulation=2"), progress=False)
+    assert s.final_step == 3 and len(s.losses) == 6  # 3 optimizer steps of 2 micro-batches
