@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# synthetic shards -> Ray Data -> 2 Ray Train workers with DeepSpeed -> MLflow run + registered model
 quickstart: install
-	$(BIN)/vwm pretrain --config configs/pretrain/debug_cpu.yaml --local
+	$(BIN)/vwm data synth --out outputs/synth --num-videos 64 --shards 4 --seed 0
+	$(BIN)/vwm pretrain --config configs/pretrain/debug_shards.yaml
 
 test: install
 	$(BIN)/python -m pytest

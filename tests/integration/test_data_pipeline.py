@@ -168,7 +168,7 @@ def test_local_pretraining_on_shards_resumes_at_its_data_position(local_shards, 
     out, _ = local_shards
     cfg = load_config(REPO / "configs" / "pretrain" / "debug_shards.yaml",
                       [f"data.paths=[{out}]", f"train.output_dir={tmp_path}", "train.steps=8",
-                       "train.checkpoint_every=4", "data.batch_size=4", "train.device=cpu"])
+                       "train.checkpoint_every=4", "data.batch_size=4", "train.device=cpu", "tracking.backend=jsonl"])
     first = run_local(cfg, stop_at=4, progress=False)
     meta = json.loads((first.last_checkpoint / "meta.json").read_text())
     epoch, order = meta["data_position"]["position"]

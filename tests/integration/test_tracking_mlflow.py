@@ -26,9 +26,11 @@ def test_distributed_run_on_shards_tracks_to_mlflow_and_registers_the_model(tmp_
               cfg=SyntheticConfig(video_frames=24, height=64, width=64))
     cfg = load_config(REPO / "configs" / "pretrain" / "debug_shards.yaml", [
         f"data.paths=[{tmp_path}/shards]", "data.batch_size=4", "train.steps=4", "train.checkpoint_every=2",
-        "train.log_every=1", f"train.output_dir={tmp_path}/out", f"dist.storage_path={tmp_path}/ray",
+        "train.log_every=1", "dist.checksum_every=1", f"train.output_dir={tmp_path}/out", f"dist.storage_path={tmp_path}/ray",
         "tracking.backend=mlflow", f"tracking.tracking_uri={mlflow_server}", "tracking.experiment=vwm-test",
         "tracking.register_as=vwm-test-jepa", "train.device=cpu"])
+    # the Ray Data iterator's prefetch thread runs beside training here: the EMA targets must stay
+    # bit-identical anyway (compared after every step; a mismatch stops the run)
     result = run_pretrain(cfg)
     assert result.model_uri == "models:/vwm-test-jepa@latest"
 

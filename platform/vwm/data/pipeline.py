@@ -127,6 +127,8 @@ def build_dataset(cfg: DataConfig, *, seed: int, epochs: Iterable[int], ledger, 
     # multi-operator pipelines against starvation, which a single map operator cannot suffer.
     ctx.op_resource_reservation_enabled = False
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), _MAX_BLOCKS))
+    if max_tasks is None:  # without the reservation, bound the tasks in flight by what the cluster can run
+        max_tasks = max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.decode_num_cpus))
     return ds.map_batches(_decode_files, batch_size=1, fn_kwargs={"cfg": cfg, "seed": seed, "ledger": ledger},
                           num_cpus=cfg.decode_num_cpus, concurrency=max_tasks)
 

@@ -13,15 +13,19 @@ def ema_update(target: nn.Module, online_params: list[torch.Tensor], momentum: f
     if len(target_params) != len(online_params):
         raise RuntimeError(f"EMA target has {len(target_params)} tensors, online encoder {len(online_params)}")
     online = [p.detach().to(t.dtype) for t, p in zip(target_params, online_params)]
+    # Separate multiply and add, never a fused a + alpha * b: CPU kernels round a fused multiply-add
+    # differently in their vectorised body and scalar tail, and where the split falls depends on how busy
+    # the thread pool is (a data-loader thread is enough), so ranks drifted apart in the last bits.
+    # A plain product and a plain sum round the same on every path.
     torch._foreach_mul_(target_params, momentum)
-    torch._foreach_add_(target_params, online, alpha=1.0 - momentum)
+    torch._foreach_add_(target_params, torch._foreach_mul(online, 1.0 - momentum))
 
 
 @torch.no_grad()
-def checksum(module: nn.Module) -> torch.Tensor:
+def checksum(module: nn.Module | list[torch.Tensor]) -> torch.Tensor:
     """A cheap float64 fingerprint of every parameter (sum and position-weighted sum), for rank comparisons."""
     total = torch.zeros(2, dtype=torch.float64)
-    for p in module.parameters():
+    for p in module.parameters() if isinstance(module, nn.Module) else module:
         flat = p.detach().flatten().to(torch.float64).cpu()
         weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64).remainder_(9973)
         total += torch.stack((flat.sum(), (flat * weights).sum()))
@@ -53,16 +57,25 @@ class ReplicaMismatch(RuntimeError):
 
 
 @torch.no_grad()
-def assert_identical_across_ranks(module: nn.Module, step: int) -> torch.Tensor:
-    """All-gather the checksum and fail loudly if any rank differs; returns this rank's checksum."""
-    local = checksum(module)
+def assert_identical_across_ranks(target: nn.Module, step: int, engine=None) -> torch.Tensor:
+    """All-gather checksums of the EMA target (and of the online encoder, when ``engine`` is given) and
+    fail loudly if any rank differs; returns this rank's target checksum."""
+    local = checksum(target)
     if not _distributed():
         return local
-    device = next(module.parameters()).device
-    gathered = [torch.zeros_like(local, device=device) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(gathered, local.to(device))
+    online = torch.zeros(2, dtype=torch.float64)
+    if engine is not None:
+        with engine.gathered_encoder_params() as params:
+            online = checksum(params)
+    mine = torch.cat((local, online))
+    device = next(target.parameters()).device
+    gathered = [torch.zeros_like(mine, device=device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, mine.to(device))
     values = [g.cpu() for g in gathered]
-    if any(not torch.equal(values[0], v) for v in values[1:]):
-        raise ReplicaMismatch(f"EMA target encoder differs between ranks at step {step}: checksums "
-                              f"{[v.tolist() for v in values]}; stopping instead of training on diverged targets")
+    if any(not torch.equal(values[0][:2], v[:2]) for v in values[1:]):
+        online_same = all(torch.equal(values[0][2:], v[2:]) for v in values[1:])
+        raise ReplicaMismatch(
+            f"EMA target encoder differs between ranks at step {step}: checksums {[v[:2].tolist() for v in values]}"
+            f" (online encoders {'agree' if online_same else 'differ too: ' + str([v[2:].tolist() for v in values])});"
+            " stopping instead of training on diverged targets")
     return local

@@ -141,7 +141,7 @@ def train_loop(cfg: RunConfig, engine, target: torch.nn.Module, batches: Iterato
         if metrics and env.rank == 0:
             env.tracker.log_metrics(metrics, step)
         if done % cfg.dist.checksum_every == 0 or done == end_step:
-            assert_identical_across_ranks(target, done)
+            assert_identical_across_ranks(target, done, engine)
         if done % t.checkpoint_every == 0 or done == end_step:
             summary.last_checkpoint = env.save_checkpoint(done, batch, {"train/loss": out.loss})
         summary.final_step = done
