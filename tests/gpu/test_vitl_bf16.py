@@ -28,7 +28,7 @@ def test_vitl_train_step_bf16_cuda():
         masks = sample_masks(MaskConfig().sets, (8, 14, 14), batch_size, seed=0, epoch=0, step=step, rank=0)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = train_step(engine, target, Batch(clips, masks, step), optim=OptimConfig(), total_steps=100,
+        out = train_step(engine, target, Batch(clips, masks), step=step, optim=OptimConfig(), total_steps=100,
                          device=device, autocast_dtype=torch.bfloat16)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

@@ -13,12 +13,8 @@ def ema_update(target: nn.Module, online_params: list[torch.Tensor], momentum: f
     if len(target_params) != len(online_params):
         raise RuntimeError(f"EMA target has {len(target_params)} tensors, online encoder {len(online_params)}")
     online = [p.detach().to(t.dtype) for t, p in zip(target_params, online_params)]
-    # Separate multiply and add, never a fused a + alpha * b: CPU kernels round a fused multiply-add
-    # differently in their vectorised body and scalar tail, and where the split falls depends on how busy
-    # the thread pool is (a data-loader thread is enough), so ranks drifted apart in the last bits.
-    # A plain product and a plain sum round the same on every path.
     torch._foreach_mul_(target_params, momentum)
-    torch._foreach_add_(target_params, torch._foreach_mul(online, 1.0 - momentum))
+    torch._foreach_add_(target_params, online, alpha=1.0 - momentum)
 
 
 @torch.no_grad()

@@ -101,8 +101,8 @@ def train_loop(cfg: RunConfig, engine, target: torch.nn.Module, batches: Iterato
         t0 = time.perf_counter()
         batch = next(batches)
         t1 = time.perf_counter()
-        out = train_step(engine, target, batch, optim=cfg.optim, total_steps=t.steps, device=env.device,
-                         autocast_dtype=env.autocast_dtype)
+        out = train_step(engine, target, batch, step=micro // acc, optim=cfg.optim, total_steps=t.steps,
+                         device=env.device, autocast_dtype=env.autocast_dtype)
         t_data, t_step = t_data + t1 - t0, t_step + time.perf_counter() - t1
         if out.skipped:
             summary.skipped_steps += 1

@@ -26,11 +26,11 @@ class StepResult:
     target_BND: torch.Tensor  # layer-normed target features, kept for the collapse monitors
 
 
-def train_step(engine, target: torch.nn.Module, batch: Batch, *, optim: OptimConfig, total_steps: int,
+def train_step(engine, target: torch.nn.Module, batch: Batch, *, step: int, optim: OptimConfig, total_steps: int,
                device: torch.device, autocast_dtype: torch.dtype | None) -> StepResult:
-    """One micro-batch: forward (target, context, predictor) -> L1 loss -> backward -> optimizer step at
-    the accumulation boundary -> EMA update of the target from the (gathered) online encoder."""
-    step = batch.step // optim.grad_accumulation  # schedules follow optimizer steps
+    """One micro-batch of optimizer step ``step`` (counted by the loop, never taken from the batch):
+    forward (target, context, predictor) -> L1 loss -> backward -> optimizer step at the accumulation
+    boundary -> EMA update of the target from the (gathered) online encoder."""
     lr, wd = lr_at(step, optim.lr, total_steps), wd_at(step, optim.weight_decay, total_steps)
     momentum = ema_at(step, optim.ema, total_steps)
     clips_BCTHW = normalize_clips(batch.clips_BTHWC.to(device, non_blocking=True))
