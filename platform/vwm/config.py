@@ -307,6 +307,18 @@ class BenchDataConfig(_Strict):
     report: str | None = Field("docs/performance.md", description="markdown file whose table is replaced")
 
 
+class BenchTrainConfig(_Strict):
+    """``jobs/bench_train.py``: our Ray Train + DeepSpeed step beside a bare PyTorch loop, same model/batch."""
+
+    base: str = "configs/pretrain/debug_cpu.yaml"
+    overrides: list[str] = Field(default_factory=list, description="--set style overrides of the base config")
+    steps: int = Field(30, ge=2)
+    warmup: int = Field(5, ge=0, description="steps left out of the timing")
+    zero_stages: list[Literal[0, 1, 2, 3]] = Field(default_factory=lambda: [0, 1], min_length=1)
+    cpus_per_worker: float = Field(2.0, gt=0)
+    report: str | None = "docs/performance.md"
+
+
 # ------------------------------------------------------------------------------------------- loading
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
                 model: type[BaseModel] | None = None) -> Any:

@@ -136,3 +136,16 @@ def test_checkpoints_to_s3_and_resume_from_there(tmp_path, s3_bucket, ray_cluste
     resumed = run_pretrain(cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": first.name})}),
                            resume=True)
     assert resumed.name == first.name and resumed.metrics["step"] == 4
+
+
+def test_bench_train_job_reports_a_ratio(tmp_path, ray_cluster):
+    from vwm.config import BenchTrainConfig
+    from vwm.train.bench import run_bench_train
+
+    report = tmp_path / "perf.md"
+    rows = run_bench_train(BenchTrainConfig(steps=4, warmup=1, zero_stages=[1], cpus_per_worker=0.5,
+                                            report=str(report), overrides=["train.device=cpu", "data.batch_size=4"]),
+                           out=tmp_path / "bench")
+    assert [r["what"] for r in rows] == ["bare PyTorch loop (1 process)", "Ray Train + DeepSpeed ZeRO-1, 1 worker"]
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and rows[1]["clips_per_s"] > 0
+    assert "<!-- bench_train:start -->" in report.read_text()

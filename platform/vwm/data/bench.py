@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import multiprocessing
 import platform
-import re
 import time
 import zlib
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from vwm.benchreport import write_block
 from vwm.config import BenchDataConfig
 from vwm.data.decode import DecodeError, decode_clips
 from vwm.data.shards import filesystem, iter_samples, list_sources
 from vwm.data.transforms import augment_clip
-
-_START, _END = "<!-- bench_data:start -->", "<!-- bench_data:end -->"
-
 
 def _single_process(cfg: BenchDataConfig, sources: list[str]) -> int:
     # one thread, as in a Ray worker (Ray sets OMP_NUM_THREADS=1): a 2-thread resize would make the
@@ -93,7 +89,7 @@ def run_bench_data(cfg: BenchDataConfig) -> list[dict]:
     table = format_table(cfg, rows, megabytes)
     print(table)
     if cfg.report:
-        write_report(Path(cfg.report), table)
+        write_block(cfg.report, "bench_data", table)
     return rows
 
 
@@ -107,14 +103,3 @@ def format_table(cfg: BenchDataConfig, rows: list[dict], megabytes: float) -> st
     lines += [f"| {r['what']} | {r['cpus']} | {r['clips']} | {r['s']:.2f} | {r['clips_per_s']:.1f} | "
               f"{r['mb_per_s']:.2f} | {r['vs_loop']:.2f}x |" for r in rows]
     return head + "\n".join(lines)
-
-
-def write_report(path: Path, table: str) -> None:
-    """Replace the table between the bench_data markers (append the markers if the file has none)."""
-    text = path.read_text() if path.exists() else ""
-    block = f"{_START}\n{table}\n{_END}"
-    if _START in text and _END in text:
-        text = re.sub(re.escape(_START) + ".*?" + re.escape(_END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
