@@ -36,6 +36,14 @@ wait_for() {  # url, seconds
 wait_for "http://127.0.0.1:$MLFLOW_PORT/health" 90
 for _ in $(seq 1 90); do grep -q "Ray runtime started" "$DIR/ray.log" && break; sleep 1; done
 grep -q "Ray runtime started" "$DIR/ray.log" || { echo "Ray head did not start; see $DIR/ray.log" >&2; exit 1; }
+# the job agent comes up after the runtime: until it has, submissions fail with "No available agent"
+ready=""
+for i in $(seq 1 60); do
+  if RAY_AUTH_MODE=token "$BIN/ray" job submit --address "http://127.0.0.1:$DASHBOARD_PORT" \
+       --submission-id "vwm-agent-probe-$$-$i" --no-wait -- true > "$DIR/probe.log" 2>&1; then ready=1; break; fi
+  sleep 2
+done
+[ -n "$ready" ] || { echo "the Ray job server accepted no job; see $DIR/probe.log" >&2; exit 1; }
 
 cat > "$DIR/env.sh" <<ENV
 export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT

@@ -57,6 +57,19 @@ def describe_result(result) -> str:
     return "\n".join(lines)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from vwm.tune.space import SweepConfig
+    from vwm.tune.sweep import run_sweep
+
+    cfg = load_or_exit(args, SweepConfig)
+    try:
+        run_sweep(cfg)
+    except ConfigError as e:
+        print(f"vwm: config error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _config_show(args: argparse.Namespace) -> int:
     from vwm.config import to_yaml
 
@@ -110,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train in this process; default: Ray Train + DeepSpeed on RAY_ADDRESS or a local Ray")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.set_defaults(func=_pretrain)
+    p = sub.add_parser("sweep", help="Ray Tune sweep over a pretrain config (every trial a TorchTrainer run)")
+    add_config_args(p)
+    p.set_defaults(func=_sweep)
     data = sub.add_parser("data", help="make and inspect video shards").add_subparsers(dest="data_cmd", required=True)
     p = data.add_parser("synth", help="write synthetic moving-shape videos as WebDataset tar shards")
     p.add_argument("--out", required=True, help="folder or s3:// prefix for shard-NNNNN.tar files")

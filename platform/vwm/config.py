@@ -228,6 +228,8 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
+    eval_every: int | None = Field(None, ge=1, description="RankMe on held-out clips (eval/rankme) every N steps")
+    eval_clips: int = Field(16, ge=2, description="held-out clips: synthetic videos under another seed")
 
 
 class DistConfig(_Strict):
@@ -359,7 +361,7 @@ def _apply_overrides(raw: dict[str, Any], overrides, model: type[BaseModel]) -> 
         except yaml.YAMLError:
             value = text
         parts = key.split(".")
-        node = _descend(raw, parts, item, defaults=model().model_dump(mode="json"))
+        node = _descend(raw, parts, item, defaults=_defaults(model))
         last = parts[-1]
         if isinstance(node, list):
             node[_list_index(node, last, item)] = value
@@ -367,6 +369,14 @@ def _apply_overrides(raw: dict[str, Any], overrides, model: type[BaseModel]) -> 
             node[last] = value
         applied[key] = item
     return applied
+
+
+def _defaults(model: type[BaseModel]) -> dict:
+    """The model's defaults as plain data; {} for a model with required fields (nothing to copy from)."""
+    try:
+        return model().model_dump(mode="json")
+    except ValidationError:
+        return {}
 
 
 def _descend(raw: dict, parts: list[str], item: str, defaults: dict) -> Any:

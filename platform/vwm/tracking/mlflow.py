@@ -105,6 +105,15 @@ class MLflowTracker:
             return f"models:/{name}@{alias}"
         return f"models:/{name}@latest"
 
+    def end_open_children(self, status: str = "KILLED") -> int:
+        """End the nested runs of this run that are still RUNNING (trials stopped from outside)."""
+        experiment = self.client.get_run(self.run_id).info.experiment_id
+        children = self.client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'")
+        open_ = [c for c in children if c.info.status == "RUNNING"]
+        for child in open_:
+            self.client.set_terminated(child.info.run_id, status=status)
+        return len(open_)
+
     def _flush(self) -> bool:
         with self._lock:
             batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]

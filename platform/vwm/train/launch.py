@@ -68,7 +68,8 @@ def _dataset_epochs(cfg: RunConfig, num_sources: int) -> int:
     return max(1, min(math.ceil(clips / max(1, num_sources * cfg.data.clips_per_video)) + 1, 10_000 // num_sources))
 
 
-def run_pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None) -> PretrainResult:
+def run_pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None, callbacks: list | None = None,
+                 tags: dict[str, str] | None = None) -> PretrainResult:
     """Train on Ray. ``stop_at`` ends this invocation after that many steps (as a preemption would), with
     schedules still laid out over ``train.steps``; ``resume=True`` continues the newest run of the name."""
     cluster = connect()
@@ -78,7 +79,7 @@ def run_pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     tags = {"git_commit": _git_commit(), "ray_address": cluster, "workers": str(cfg.dist.num_workers),
-            "zero_stage": str(cfg.dist.zero_stage), "run_name": name}
+            "zero_stage": str(cfg.dist.zero_stage), "run_name": name, **(tags or {})}
     handle_file = run_dir / "tracker.json"
     if resume and handle_file.is_file():  # continue the same MLflow run
         tracker = attach_tracker(cfg.tracking, json.loads(handle_file.read_text()), owner=True)
@@ -103,7 +104,8 @@ def run_pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = 
                                      resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
         run_config=RayRunConfig(name=name, storage_path=storage_root(cfg.dist.storage_path),
                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
-                                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+                                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                                callbacks=callbacks),
         datasets=datasets,
     )
     status = "FAILED"
@@ -113,6 +115,10 @@ def run_pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = 
             raise result.error
         model_uri = _publish(cfg, tracker, result)
         status = "FINISHED"
+    except BaseException as e:
+        if hasattr(tracker, "set_tags"):
+            tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
+        raise
     finally:
         tracker.close(status=status)
     ckpt_path = result.checkpoint.path if result.checkpoint else None

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from vwm.config import RunConfig, TrainConfig, flatten, to_yaml
 from vwm.data.synthetic import SyntheticClips
-from vwm.eval.rankme import feature_std, rankme, token_sample
+from vwm.eval.rankme import feature_std, heldout_rankme, rankme, token_sample
 from vwm.masks.collate import Batch, MaskCollator
 from vwm.models.jepa import build_models
 from vwm.models.vit import token_grid
@@ -59,6 +59,7 @@ class LoopEnv:
     autocast_dtype: torch.dtype | None
     tracker: Tracker
     save_checkpoint: Callable[[int, Batch, dict], Path | None]  # (done steps, last batch, metrics)
+    report: Callable[[int, dict], None] = lambda step, metrics: None  # eval metrics to Ray (Tune) if any
     skipped_videos: Callable[[], int] = lambda: 0
     mean_across_ranks: Callable[[float], float] = lambda x: x
     progress: bool = True
@@ -97,6 +98,11 @@ def train_loop(cfg: RunConfig, engine, target: torch.nn.Module, batches: Iterato
     bar = tqdm(total=t.steps, initial=start_step, disable=not (env.progress and env.rank == 0), desc=env.name,
                dynamic_ncols=True)
     nonfinite_in_a_row, t_data, t_step = 0, 0.0, 0.0
+    heldout = None
+    if t.eval_every:  # videos under another seed: never seen in training
+        heldout = torch.from_numpy(SyntheticClips(
+            cfg.data.synthetic, frames=cfg.data.frames, frame_step=cfg.data.frame_step, crop=cfg.data.crop,
+            batch_size=t.eval_clips, seed=t.seed + 1_000_003, steps_per_epoch=t.steps_per_epoch).batch(0)["clips"])
     for micro in range(start_step * acc, end_step * acc):
         t0 = time.perf_counter()
         batch = next(batches)
@@ -142,8 +148,16 @@ def train_loop(cfg: RunConfig, engine, target: torch.nn.Module, batches: Iterato
             env.tracker.log_metrics(metrics, step)
         if done % cfg.dist.checksum_every == 0 or done == end_step:
             assert_identical_across_ranks(target, done, engine)
+        evaluated = {}
+        if heldout is not None and (done % t.eval_every == 0 or done == end_step):
+            evaluated = heldout_rankme(target, heldout, env.device)  # identical targets: same on every rank
+            summary.monitors.append({"step": step, **evaluated})
+            if env.rank == 0:
+                env.tracker.log_metrics(evaluated, step)
         if done % t.checkpoint_every == 0 or done == end_step:
-            summary.last_checkpoint = env.save_checkpoint(done, batch, {"train/loss": out.loss})
+            summary.last_checkpoint = env.save_checkpoint(done, batch, {"train/loss": out.loss, **evaluated})
+        elif evaluated:
+            env.report(done, {"step": done, "train/loss": out.loss, **evaluated})
         summary.final_step = done
         bar.update(1)
     bar.close()
@@ -255,8 +269,9 @@ def train_loop_per_worker(config: dict) -> None:
     batches, skipped_videos = worker_batches(cfg, rank, start_step, position)
     tracker = make_worker_tracker(config, rank) if rank == 0 else NoopTracker()
     env = LoopEnv(rank=rank, device=device, autocast_dtype=autocast_dtype, tracker=tracker,
-                  save_checkpoint=checkpointer.save, skipped_videos=skipped_videos,
-                  mean_across_ranks=all_reduce_mean, progress=False, name=cfg.train.run_name)
+                  save_checkpoint=checkpointer.save, report=lambda _step, metrics: ray.train.report(metrics),
+                  skipped_videos=skipped_videos, mean_across_ranks=all_reduce_mean, progress=False,
+                  name=cfg.train.run_name)
     try:
         end = min(config.get("stop_at") or cfg.train.steps, cfg.train.steps)
         train_loop(cfg, engine, target, batches, start_step=start_step, end_step=end, env=env)
