@@ -76,6 +76,13 @@ class MLflowTracker:
         with self._lock:
             self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
 
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Send what is buffered now (best effort, bounded): before a report, after which a scheduler may
+        stop the trial and the buffer would be lost."""
+        deadline = time.monotonic() + timeout_s
+        while self._pending and time.monotonic() < deadline and self._flush():
+            pass
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
@@ -105,14 +112,19 @@ class MLflowTracker:
             return f"models:/{name}@{alias}"
         return f"models:/{name}@latest"
 
-    def end_open_children(self, status: str = "KILLED") -> int:
-        """End the nested runs of this run that are still RUNNING (trials stopped from outside)."""
+    def mark_stopped_children(self, stopped_trials: set[str]) -> int:
+        """Nested runs of trials a scheduler stopped (not failed) end as KILLED, tagged ``stopped_by``: a
+        stopped trial's run was either left RUNNING or failed on its killed trainer."""
         experiment = self.client.get_run(self.run_id).info.experiment_id
         children = self.client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'")
-        open_ = [c for c in children if c.info.status == "RUNNING"]
-        for child in open_:
-            self.client.set_terminated(child.info.run_id, status=status)
-        return len(open_)
+        marked = 0
+        for child in children:
+            stopped = child.data.tags.get("trial_id") in stopped_trials and child.info.status == "FAILED"
+            if child.info.status == "RUNNING" or stopped:
+                self.client.set_tag(child.info.run_id, "stopped_by", "scheduler")
+                self.client.set_terminated(child.info.run_id, status="KILLED")
+                marked += 1
+        return marked
 
     def _flush(self) -> bool:
         with self._lock:

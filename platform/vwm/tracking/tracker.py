@@ -14,6 +14,7 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def close(self, status: str = "FINISHED") -> None: ...
+    def flush(self) -> None: ...  # send buffered metrics now
     def handle(self) -> dict: ...  # what a worker process needs to log into the same run
 
 
@@ -30,6 +31,9 @@ class NoopTracker:
         pass
 
     def close(self, status="FINISHED"):
+        pass
+
+    def flush(self):
         pass
 
     def handle(self):
@@ -56,6 +60,9 @@ class JsonlTracker:
 
     def close(self, status="FINISHED"):
         self._metrics.close()
+
+    def flush(self):
+        self._metrics.flush()
 
     def handle(self):
         return {"backend": "jsonl", "run_dir": str(self.run_dir)}

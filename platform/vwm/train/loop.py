@@ -154,6 +154,8 @@ def train_loop(cfg: RunConfig, engine, target: torch.nn.Module, batches: Iterato
             summary.monitors.append({"step": step, **evaluated})
             if env.rank == 0:
                 env.tracker.log_metrics(evaluated, step)
+        if env.rank == 0 and (evaluated or done % t.checkpoint_every == 0):
+            env.tracker.flush()  # a report follows, after which a scheduler may stop this trial
         if done % t.checkpoint_every == 0 or done == end_step:
             summary.last_checkpoint = env.save_checkpoint(done, batch, {"train/loss": out.loss, **evaluated})
         elif evaluated:

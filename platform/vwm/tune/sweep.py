@@ -34,6 +34,7 @@ class SweepResult:
     parent: dict  # the parent run's tracker handle
     trials: int
     errored: int
+    iterations: list[int]  # reports per trial: fewer than the others means the scheduler stopped it early
 
 
 def _trial(config: dict, *, sweep: SweepConfig, name: str, parent: dict) -> None:
@@ -100,11 +101,14 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
         if best_metric is not None:
             parent.log_metrics({f"best/{sweep.metric}": best_metric}, 0)
         parent.log_params({"best." + k: v for k, v in best_overrides.items()})
-        if hasattr(parent, "end_open_children"):  # trials ASHA stopped never closed their runs
-            parent.end_open_children(status="KILLED")
+        if hasattr(parent, "mark_stopped_children"):
+            stopped = {r.metrics.get("trial_id") for r in results if r.error is None and r.metrics}
+            parent.mark_stopped_children(stopped)
         status = "FINISHED"
     finally:
         parent.close(status=status)
     print(f"sweep {name}: {len(results)} trials ({errored} failed); best {sweep.metric}={best_metric} with "
           f"{best_overrides}; best config {best_path}")
-    return SweepResult(name, best_overrides, best_metric, best_path, parent.handle(), len(results), errored)
+    iterations = [int((r.metrics or {}).get("training_iteration", 0)) for r in results]
+    return SweepResult(name, best_overrides, best_metric, best_path, parent.handle(), len(results), errored,
+                       iterations)
