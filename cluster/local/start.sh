@@ -2,6 +2,8 @@
 # Start a token-authenticated Ray head and an MLflow server on loopback, in the background.
 # Process ids and logs go to $VWM_CLUSTER_DIR (default outputs/cluster); stop them with cluster/local/stop.sh.
 #   RAY_PORT (6390)  DASHBOARD_PORT (8266)  MLFLOW_PORT (5055)  NUM_CPUS (all)  PYTHON (.venv/bin/python)
+#   AGENT_PORT (52375), AGENT_GRPC_PORT, METRICS_PORT, RUNTIME_ENV_AGENT_PORT (free ports if unset): away
+#   from Ray's defaults, so this head's job agent starts even beside another Ray on the same host
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIR=${VWM_CLUSTER_DIR:-outputs/cluster}
@@ -12,10 +14,17 @@ PYTHON=${PYTHON:-.venv/bin/python}
 BIN=$(dirname "$PYTHON")
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
+free_port() { "$PYTHON" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
+AGENT_PORT=${AGENT_PORT:-52375}
+AGENT_GRPC_PORT=${AGENT_GRPC_PORT:-$(free_port)}
+METRICS_PORT=${METRICS_PORT:-$(free_port)}
+RUNTIME_ENV_AGENT_PORT=${RUNTIME_ENV_AGENT_PORT:-$(free_port)}
 
 # token auth stays on: the job server then refuses requests without ~/.ray/auth_token
 RAY_AUTH_MODE=token setsid "$BIN/ray" start --head --block --node-ip-address 127.0.0.1 --port "$RAY_PORT" \
   --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" ${NUM_CPUS:+--num-cpus "$NUM_CPUS"} \
+  --dashboard-agent-listen-port "$AGENT_PORT" --dashboard-agent-grpc-port "$AGENT_GRPC_PORT" \
+  --metrics-export-port "$METRICS_PORT" --runtime-env-agent-port "$RUNTIME_ENV_AGENT_PORT" \
   --disable-usage-stats > "$DIR/ray.log" 2>&1 &
 echo $! > "$DIR/ray.pid"
 

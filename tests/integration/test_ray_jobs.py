@@ -18,9 +18,11 @@ from tests.integration.conftest import free_port
 pytestmark = pytest.mark.slow
 
 
-def test_ray_job_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path):
+def test_ray_job_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path, ray_cluster):
+    # ray_cluster: the suite's embedded Ray runs beside the head, as it does in CI
     bin_dir = str(Path(sys.executable).parent)
-    ports = {"RAY_PORT": free_port(), "DASHBOARD_PORT": free_port(), "MLFLOW_PORT": free_port()}
+    ports = {"RAY_PORT": free_port(), "DASHBOARD_PORT": free_port(), "MLFLOW_PORT": free_port(),
+             "AGENT_PORT": free_port()}  # the suite's own Ray may hold the default agent port
     env = {**os.environ, "VWM_CLUSTER_DIR": str(tmp_path / "cluster"), "PYTHON": sys.executable, "NUM_CPUS": "2",
            "PATH": bin_dir + os.pathsep + os.environ["PATH"], **{k: str(v) for k, v in ports.items()}}
     env.pop("RAY_ADDRESS", None)
