@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -52,6 +53,18 @@ def _trial(config: dict, *, sweep: SweepConfig, name: str, parent: dict) -> None
     run_pretrain(cfg, callbacks=[TuneReportCallback()], tags=tags)
 
 
+def _remove_orphan_groups(before: set[str]) -> None:
+    """Trials that ASHA stops can leave their trainer's placement group behind (seen with Ray 2.60), which
+    holds CPUs for good. Once fit() has returned no trial of this sweep is alive, so groups created since
+    it began and still standing are such orphans."""
+    from ray.util.placement_group import PlacementGroup
+
+    for group_id, info in ray.util.placement_group_table().items():
+        if group_id not in before and info.get("state") == "CREATED":
+            log.warning("removing placement group %s left by a stopped trial", group_id)
+            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+
+
 def run_sweep(sweep: SweepConfig) -> SweepResult:
     check_space(sweep)  # unknown keys fail here, before any trial
     base = load_config(sweep.base, sweep.overrides)
@@ -88,8 +101,10 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
         run_config=tune.RunConfig(name=name, storage_path=str(out / "tune")),
     )
     status = "FAILED"
+    groups_before = set(ray.util.placement_group_table())
     try:
         results = tuner.fit()
+        _remove_orphan_groups(groups_before)
         errored = sum(r.error is not None for r in results)
         best = results.get_best_result(metric=sweep.metric, mode=sweep.mode, filter_nan_and_inf=True)
         best_overrides = best.config["space"]
