@@ -215,6 +215,27 @@ class OptimConfig(_Strict):
 
 
 # ------------------------------------------------------------------------------------------ training
+SYNTHETIC_LABELS = ("direction", "num_objects")
+
+
+class ProbeConfig(_Strict):
+    """A linear probe on frozen target features at eval steps (``eval/probe_acc``): a labelled objective."""
+
+    label: str | None = Field(None, description="metadata key to classify; synthetic videos: direction, num_objects")
+    paths: list[str] = Field(default_factory=list,
+                             description="labelled videos or shards; empty: synthetic videos under a held-out seed")
+    clips: int = Field(128, ge=8, description="labelled clips, one per video")
+    train_fraction: float = Field(0.75, gt=0, lt=1, description="share of the clips the probe is fitted on")
+    steps: int = Field(100, ge=1, description="L-BFGS iterations of the linear classifier")
+
+    @model_validator(mode="after")
+    def _label(self) -> ProbeConfig:
+        if self.label and not self.paths and self.label not in SYNTHETIC_LABELS:
+            raise ValueError(f"label {self.label!r}: synthetic probe videos carry {', '.join(SYNTHETIC_LABELS)}; "
+                             "set train.probe.paths to shards whose metadata has this key")
+        return self
+
+
 class TrainConfig(_Strict):
     steps: int = Field(1000, ge=1)
     steps_per_epoch: int = Field(300, ge=1)
@@ -230,6 +251,13 @@ class TrainConfig(_Strict):
     max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
     eval_every: int | None = Field(None, ge=1, description="RankMe on held-out clips (eval/rankme) every N steps")
     eval_clips: int = Field(16, ge=2, description="held-out clips: synthetic videos under another seed")
+    probe: ProbeConfig = ProbeConfig()
+
+    @model_validator(mode="after")
+    def _probe_needs_eval(self) -> TrainConfig:
+        if self.probe.label and not self.eval_every:
+            raise ValueError("train.probe.label is set but train.eval_every is not: the probe runs at eval steps")
+        return self
 
 
 class DistConfig(_Strict):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from vwm.config import RunConfig, TrainConfig, flatten, to_yaml
 from vwm.data.synthetic import SyntheticClips
+from vwm.eval.probe import heldout_probe, probe_set
 from vwm.eval.rankme import feature_std, heldout_rankme, rankme, token_sample
 from vwm.masks.collate import Batch, MaskCollator
 from vwm.models.jepa import build_models
@@ -103,6 +104,9 @@ def train_loop(cfg: RunConfig, engine, target: torch.nn.Module, batches: Iterato
         heldout = torch.from_numpy(SyntheticClips(
             cfg.data.synthetic, frames=cfg.data.frames, frame_step=cfg.data.frame_step, crop=cfg.data.crop,
             batch_size=t.eval_clips, seed=t.seed + 1_000_003, steps_per_epoch=t.steps_per_epoch).batch(0)["clips"])
+    probe_data = None
+    if t.probe.label and env.rank == 0:  # the probe reads rank 0's target; Ray takes reports from rank 0
+        probe_data = probe_set(cfg.data, t.probe, t.seed)
     for micro in range(start_step * acc, end_step * acc):
         t0 = time.perf_counter()
         batch = next(batches)
@@ -151,6 +155,9 @@ def train_loop(cfg: RunConfig, engine, target: torch.nn.Module, batches: Iterato
         evaluated = {}
         if heldout is not None and (done % t.eval_every == 0 or done == end_step):
             evaluated = heldout_rankme(target, heldout, env.device)  # identical targets: same on every rank
+            if probe_data is not None:
+                evaluated.update(heldout_probe(target, *probe_data, t.probe, token_grid(cfg.model, cfg.data.frames,
+                                                                                         cfg.data.crop), env.device))
             summary.monitors.append({"step": step, **evaluated})
             if env.rank == 0:
                 env.tracker.log_metrics(evaluated, step)
