@@ -21,6 +21,9 @@ def test_probe_separates_separable_features_and_not_noise():
     centres_KF = torch.randn(4, 16, generator=g) * 3
     feats_BF = centres_KF[labels_B] + torch.randn(200, 16, generator=g)
     assert linear_probe_accuracy(feats_BF, labels_B, train_fraction=0.75, steps=50) == 1.0
+    from vwm.eval.rankme import rankme
+
+    assert rankme(torch.full((8, 4), float("nan"))) != rankme(torch.full((8, 4), float("nan")))  # NaN, no SVD error
     noise_BF = torch.randn(200, 16, generator=g)
     assert linear_probe_accuracy(noise_BF, labels_B, train_fraction=0.75, steps=50) < 0.5
 

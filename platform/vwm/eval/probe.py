@@ -127,5 +127,7 @@ def linear_probe_accuracy(features_BF: torch.Tensor, labels_B: torch.Tensor, *, 
 def heldout_probe(target: torch.nn.Module, clips_BTHWC: torch.Tensor, labels_B: torch.Tensor, probe: ProbeConfig,
                   grid: tuple[int, int, int], device: torch.device) -> dict[str, float]:
     feats_BF = pooled_features(target, clips_BTHWC, grid, device)
+    if not torch.isfinite(feats_BF).all():  # a diverged run: no accuracy to speak of
+        return {"eval/probe_acc": float("nan")}
     return {"eval/probe_acc": linear_probe_accuracy(feats_BF, labels_B, train_fraction=probe.train_fraction,
                                                     steps=probe.steps)}

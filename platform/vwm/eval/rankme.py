@@ -13,7 +13,10 @@ def feature_std(features_ND: torch.Tensor) -> float:
 
 @torch.no_grad()
 def rankme(features_ND: torch.Tensor, eps: float = 1e-7) -> float:
-    """Effective rank: exp of the entropy of the normalised singular values, between 1 and min(N, D)."""
+    """Effective rank: exp of the entropy of the normalised singular values, between 1 and min(N, D);
+    NaN for non-finite features (a diverged run), which the SVD would reject with an obscure error."""
+    if not torch.isfinite(features_ND).all():
+        return float("nan")
     s = torch.linalg.svdvals(features_ND.float())
     p = s / (s.sum() + eps) + eps
     return float(torch.exp(-(p * p.log()).sum()))
