@@ -33,14 +33,20 @@ class RayCheckpointer:
     def __init__(self, cfg: RunConfig, engine, target: torch.nn.Module, rank: int):
         self.cfg, self.engine, self.target, self.rank = cfg, engine, target, rank
 
-    def restore(self) -> tuple[int, tuple[int, int] | None]:
-        checkpoint = ray.train.get_checkpoint()
+    def restore(self, init_from: ray.train.Checkpoint | None = None) -> tuple[int, tuple[int, int] | None]:
+        """This run's own latest checkpoint (after a restart), else ``init_from`` (another run's: PBT clones
+        a better trial's), else nothing: (step, data position) to start from."""
+        checkpoint = ray.train.get_checkpoint() or init_from
         if checkpoint is None:
             return 0, None
         with checkpoint.as_directory() as d:
+            if not (Path(d) / "meta.json").is_file():
+                raise FileNotFoundError(f"checkpoint {checkpoint.path} has no meta.json: it was deleted or never "
+                                        "finished; start without it or from another checkpoint")
             self.engine.load(Path(d))
             meta = ckpt.load_extras(Path(d), rank=self.rank, target=self.target)
-        print(f"[vwm] rank {self.rank} resumed from {checkpoint.path} at step {meta['step']}", flush=True)
+        how = "resumed" if checkpoint is not init_from else "initialised"
+        print(f"[vwm] rank {self.rank} {how} from {checkpoint.path} at step {meta['step']}", flush=True)
         return meta["step"], meta["data_position"]["position"]
 
     def save(self, done: int, batch: Batch, metrics: dict) -> Path | None:

@@ -69,9 +69,10 @@ def _dataset_epochs(cfg: RunConfig, num_sources: int) -> int:
 
 
 def run_pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None, callbacks: list | None = None,
-                 tags: dict[str, str] | None = None) -> PretrainResult:
+                 tags: dict[str, str] | None = None, init_from: ray.train.Checkpoint | None = None) -> PretrainResult:
     """Train on Ray. ``stop_at`` ends this invocation after that many steps (as a preemption would), with
-    schedules still laid out over ``train.steps``; ``resume=True`` continues the newest run of the name."""
+    schedules still laid out over ``train.steps``; ``resume=True`` continues the newest run of the name.
+    ``init_from`` starts a fresh run from another run's checkpoint (its weights, optimizer state and step)."""
     cluster = connect()
     name = run_name(cfg, resume)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": name})})
@@ -80,6 +81,8 @@ def run_pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = 
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     tags = {"git_commit": _git_commit(), "ray_address": cluster, "workers": str(cfg.dist.num_workers),
             "zero_stage": str(cfg.dist.zero_stage), "run_name": name, **(tags or {})}
+    if init_from is not None:
+        tags["init_from"] = init_from.path
     handle_file = run_dir / "tracker.json"
     if resume and handle_file.is_file():  # continue the same MLflow run
         tracker = attach_tracker(cfg.tracking, json.loads(handle_file.read_text()), owner=True)
@@ -99,7 +102,8 @@ def run_pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = 
                                           ledger=skip_ledger(ledger_name(cfg)))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "tracker": tracker.handle(), "stop_at": stop_at},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "tracker": tracker.handle(), "stop_at": stop_at,
+                           "init_from": init_from},
         scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=cfg.dist.use_gpu,
                                      resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
         run_config=RayRunConfig(name=name, storage_path=storage_root(cfg.dist.storage_path),

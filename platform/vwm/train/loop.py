@@ -274,7 +274,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     engine = DeepSpeedEngine(jepa, cfg.optim, cfg.dist, cfg.data.batch_size, autocast_dtype is not None, device)
     checkpointer = RayCheckpointer(cfg, engine, target, rank)
-    start_step, position = checkpointer.restore()
+    start_step, position = checkpointer.restore(config.get("init_from"))
     batches, skipped_videos = worker_batches(cfg, rank, start_step, position)
     tracker = make_worker_tracker(config, rank) if rank == 0 else NoopTracker()
     env = LoopEnv(rank=rank, device=device, autocast_dtype=autocast_dtype, tracker=tracker,

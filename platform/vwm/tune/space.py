@@ -6,6 +6,7 @@ Every key of the space is checked against the base config before any trial start
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -34,9 +35,17 @@ class ParamSpec(_Strict):
 
 
 class SchedulerConfig(_Strict):
-    kind: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1, description="reports before ASHA may stop a trial")
-    reduction_factor: float = Field(2.0, gt=1)
+    kind: Literal["asha", "fifo", "pbt"] = "asha"
+    grace_period: int = Field(1, ge=1, description="ASHA: reports before it may stop a trial")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA")
+    perturbation_interval: int = Field(1, ge=1, description="PBT: reports between exploit/explore steps")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="PBT: bottom share that clones the top")
+    resample_probability: float = Field(0.25, ge=0, le=1, description="PBT: resample instead of perturb")
+
+
+# PBT clones a better trial's checkpoint into a worse one with changed values: only keys that leave the
+# parameters' shapes alone (optimizer schedules, the blocks of existing mask sets) can change mid-run.
+_PBT_KEY = re.compile(r"^(optim\.|mask\.sets\.\d+\.)")
 
 
 class SweepConfig(_Strict):
@@ -57,6 +66,16 @@ class SweepConfig(_Strict):
     def _grid(self) -> SweepConfig:
         if self.search == "grid" and any(p.kind not in ("grid", "choice") for p in self.space.values()):
             raise ValueError("search=grid needs every space entry to be grid or choice")
+        if self.scheduler.kind == "pbt":
+            if self.search != "random":
+                raise ValueError("scheduler pbt samples and mutates the space itself: use search: random")
+            for key, spec in self.space.items():
+                if spec.kind == "grid":
+                    raise ValueError(f"space key {key!r}: scheduler pbt cannot mutate a grid; use choice")
+                if not _PBT_KEY.match(key):
+                    raise ValueError(f"space key {key!r}: PBT changes values mid-run from a cloned checkpoint, "
+                                     "so only optim.* and mask.sets.N.* keys (schedules, mask blocks) may be in "
+                                     "its space; sweep model shapes with asha or fifo")
         return self
 
 
@@ -78,16 +97,29 @@ def check_space(cfg: SweepConfig) -> None:
             # a sampled value the model rejects is the trial's problem, not the sweep's
 
 
-def param_space(cfg: SweepConfig) -> dict:
+def distribution(spec: ParamSpec, search: str):
     from ray import tune
 
-    def dist(spec: ParamSpec):
-        if spec.kind == "grid":
+    if spec.kind == "grid":
+        return tune.grid_search(spec.values)
+    if spec.kind == "choice":
+        if search == "grid":
             return tune.grid_search(spec.values)
-        if spec.kind == "choice":
-            return tune.grid_search(spec.values) if cfg.search == "grid" else tune.choice(spec.values)
-        if spec.kind == "uniform":
-            return tune.uniform(spec.low, spec.high)
-        return tune.loguniform(spec.low, spec.high)
+        return tune.choice([json.dumps(v) for v in spec.values] if _encoded(spec, search) else spec.values)
+    if spec.kind == "uniform":
+        return tune.uniform(spec.low, spec.high)
+    return tune.loguniform(spec.low, spec.high)
 
-    return {"space": {key: dist(spec) for key, spec in cfg.space.items()}}
+
+def _encoded(spec: ParamSpec, search: str) -> bool:
+    """Optuna's categorical values must be scalars: lists (scales, aspect ratios) travel as JSON text."""
+    return search == "optuna" and spec.kind == "choice" and any(isinstance(v, (list, dict)) for v in spec.values)
+
+
+def decode_sample(cfg: SweepConfig, sampled: dict) -> dict:
+    """A trial's sampled values as the sweep file wrote them."""
+    return {k: json.loads(v) if _encoded(cfg.space[k], cfg.search) else v for k, v in sampled.items()}
+
+
+def param_space(cfg: SweepConfig) -> dict:
+    return {"space": {key: distribution(spec, cfg.search) for key, spec in cfg.space.items()}}

@@ -7,21 +7,24 @@ steps, so ASHA can stop weak ones early. A failing trial is marked failed with i
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.train import UserCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.util.queue import Empty, Queue
 
 from vwm.config import ConfigError, load_config, to_yaml
 from vwm.raycluster import connect
 from vwm.tracking.tracker import make_tracker
-from vwm.tune.space import SweepConfig, check_space, override, param_space
+from vwm.tune.space import SweepConfig, check_space, decode_sample, distribution, override, param_space
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +41,134 @@ class SweepResult:
     iterations: list[int]  # reports per trial: fewer than the others means the scheduler stopped it early
 
 
-def _trial(config: dict, *, sweep: SweepConfig, name: str, parent: dict) -> None:
+class _ToTune(UserCallback):
+    """Hands each Train report, checkpoint included, to this trial's Tune function (TuneReportCallback
+    passes only the checkpoint's path, so PBT would have nothing to clone)."""
+
+    def __init__(self, queue: Queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        self.queue.put((dict(metrics[0]), checkpoint))  # blocks until the trial function took the last one
+
+
+def _trial(config: dict, *, sweep: SweepConfig, name: str, parent: dict, out: Path) -> None:
+    """One trial: a TorchTrainer run in a thread, its reports relayed to Tune from this (the trial's) thread."""
     from vwm.train.launch import run_pretrain
 
-    sampled = config["space"]
+    sampled = decode_sample(sweep, config["space"])
     trial_id = tune.get_context().get_trial_id()
+    tags = {"sweep": name, "trial_id": trial_id}
+    if parent.get("backend") == "mlflow":
+        tags["mlflow.parentRunId"] = parent["run_id"]
     try:
         cfg = load_config(sweep.base, [*sweep.overrides, *(override(k, v) for k, v in sampled.items()),
                                        f"train.run_name={name}-{trial_id}"])
     except ConfigError as e:
-        raise ValueError(f"trial {trial_id}: sampled values {sampled} are rejected: {e}") from None
-    tags = {"mlflow.parentRunId": parent["run_id"], "sweep": name, "trial_id": trial_id} \
-        if parent.get("backend") == "mlflow" else {"sweep": name, "trial_id": trial_id}
-    run_pretrain(cfg, callbacks=[TuneReportCallback()], tags=tags)
+        error = f"trial {trial_id}: sampled values {sampled} are rejected: {e}"
+        _record_rejected(load_config(sweep.base, sweep.overrides), out / trial_id, f"{name}-{trial_id}", tags,
+                         sampled, error)
+        raise ValueError(error) from None
+    init_from = tune.get_checkpoint()  # set when PBT restarts this trial from a better trial's checkpoint
+    if init_from is not None:
+        with init_from.as_directory() as d:
+            cloned_step = json.loads((Path(d) / "meta.json").read_text())["step"]
+        if cloned_step >= cfg.train.steps:  # PBT cloned a finished trial at its last report: nothing to train
+            return
+    relay = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            run_pretrain(cfg, callbacks=[_ToTune(relay)], tags=tags, init_from=init_from)
+        except BaseException as e:  # re-raised in the trial's thread, so Tune marks the trial failed
+            outcome["error"] = e
+
+    trainer = threading.Thread(target=fit, name=f"trainer-{trial_id}", daemon=True)
+    trainer.start()
+    while trainer.is_alive() or not relay.empty():
+        try:
+            metrics, checkpoint = relay.get(timeout=0.5)
+        except Empty:
+            continue
+        # only PBT clones checkpoints: other schedulers need no copy of each one in Tune's storage
+        keep = checkpoint is not None and sweep.scheduler.kind == "pbt"
+        tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, checkpoint.filesystem) if keep else None)
+    if "error" in outcome:
+        raise outcome["error"]
 
 
-def _remove_orphan_groups(before: set[str]) -> None:
-    """Trials that ASHA stops can leave their trainer's placement group behind (seen with Ray 2.60), which
-    holds CPUs for good. Once fit() has returned no trial of this sweep is alive, so groups created since
-    it began and still standing are such orphans."""
-    from ray.util.placement_group import PlacementGroup
+def _record_rejected(base, run_dir: Path, run_name: str, tags: dict, sampled: dict, error: str) -> None:
+    """A trial whose sampled values fail validation never reaches run_pretrain: give it a run anyway,
+    failed, with its values and the reason, so the sweep's runs show every trial."""
+    tracker = make_tracker(base.tracking, run_dir, run_name=run_name, tags=tags)
+    tracker.log_params(sampled)
+    if hasattr(tracker, "set_tags"):
+        tracker.set_tags({"error": error[:5000]})
+    tracker.close(status="FAILED")
 
-    for group_id, info in ray.util.placement_group_table().items():
-        if group_id not in before and info.get("state") == "CREATED":
-            log.warning("removing placement group %s left by a stopped trial", group_id)
-            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+
+def orphaned_groups() -> list[str]:
+    """Placement groups whose creating actor is dead: a Train controller killed with its trial (ASHA stop,
+    PBT pause). Ray scopes such groups to the job, and Train V2's own cleaner died on a GCS timeout here,
+    so they held their CPUs until the sweep's driver exited. Reads the GCS table itself: the public
+    ``placement_group_table()`` leaves out who created a group."""
+    from ray._private.state import state
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData as Table
+
+    orphans = []
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        group = Table.FromString(raw)
+        if (group.state != Table.REMOVED and not group.is_detached and group.creator_actor_dead
+                and group.creator_actor_id.strip(b"\xff")):  # an all-ones id: created by a driver
+            orphans.append(group.placement_group_id.hex())
+    return orphans
+
+
+def remove_orphaned_groups() -> int:
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    orphans = orphaned_groups()
+    for group_id in orphans:
+        log.warning("removing placement group %s: the trainer that created it is gone", group_id)
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+    return len(orphans)
+
+
+class _GroupJanitor(tune.Callback):
+    """Frees stopped trials' placement groups while the sweep runs: on a small cluster the next trial (or
+    a PBT-restarted one) would otherwise wait for their CPUs forever."""
+
+    def __init__(self, every_s: float = 2.0):
+        self.every_s, self._last = every_s, 0.0
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            remove_orphaned_groups()
+
+
+def _clip_to_space(config: dict, *, space: dict) -> dict:
+    """PBT perturbs a continuous value by x0.8 or x1.2 with no regard for its range (an EMA momentum of
+    0.99 became 1.19): bring it back inside the sweep file's [low, high]."""
+    for key, spec in space.items():
+        if spec.kind in ("uniform", "loguniform"):
+            config["space"][key] = min(max(config["space"][key], spec.low), spec.high)
+    return config
+
+
+def _scheduler(sweep: SweepConfig):
+    s = sweep.scheduler
+    if s.kind == "asha":
+        return ASHAScheduler(time_attr="training_iteration", grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor, max_t=10_000)
+    if s.kind == "pbt":
+        return PopulationBasedTraining(
+            time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
+            quantile_fraction=s.quantile_fraction, resample_probability=s.resample_probability,
+            hyperparam_mutations={"space": {k: distribution(v, sweep.search) for k, v in sweep.space.items()}},
+            custom_explore_fn=functools.partial(_clip_to_space, space=sweep.space))
+    return FIFOScheduler()
 
 
 def run_sweep(sweep: SweepConfig) -> SweepResult:
@@ -70,6 +176,18 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
     base = load_config(sweep.base, sweep.overrides)
     if not base.train.eval_every and sweep.metric.startswith("eval/"):
         raise ConfigError(f"sweep {sweep.name}: metric {sweep.metric} needs train.eval_every in the base config")
+    if sweep.scheduler.kind == "pbt" and base.train.checkpoint_every != base.train.eval_every:
+        raise ConfigError(f"sweep {sweep.name}: scheduler pbt clones the checkpoint of each report, so the base "
+                          f"needs train.checkpoint_every == train.eval_every (now {base.train.checkpoint_every} and "
+                          f"{base.train.eval_every}); add train.checkpoint_every={base.train.eval_every} to overrides")
+    search_alg = None
+    if sweep.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+            import optuna  # noqa: F401  (OptunaSearch imports, but only fails on use without it)
+        except ImportError:
+            raise ConfigError("search: optuna needs the optuna package: pip install 'vwm[optuna]'") from None
+        search_alg = OptunaSearch()  # TPE
     connect()
     name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(sweep.output_dir).resolve() / name
@@ -78,36 +196,30 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
     parent.log_params({"sweep.space": json.dumps({k: v.model_dump() for k, v in sweep.space.items()})[:6000],
                        "sweep.search": sweep.search, "sweep.scheduler": sweep.scheduler.kind,
                        "sweep.metric": sweep.metric, "sweep.mode": sweep.mode, "sweep.base": sweep.base})
-    scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=sweep.scheduler.grace_period,
-                               reduction_factor=sweep.scheduler.reduction_factor, max_t=10_000)
-                 if sweep.scheduler.kind == "asha" else FIFOScheduler())
-    search_alg = None
-    if sweep.search == "optuna":
-        try:
-            from ray.tune.search.optuna import OptunaSearch
-        except ImportError:
-            raise ConfigError("search=optuna needs the optuna package: pip install optuna") from None
-        search_alg = OptunaSearch()
+    scheduler = _scheduler(sweep)
     # the trial function only waits on its TorchTrainer: half a CPU, so that on a small node the next
     # trial's workers fit even while a stopped trial's resources are still being released
-    trainable = tune.with_resources(tune.with_parameters(_trial, sweep=sweep, name=name, parent=parent.handle()),
-                                    {"cpu": sweep.trial_cpus})
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, sweep=sweep, name=name, parent=parent.handle(), out=out),
+        {"cpu": sweep.trial_cpus})
     tuner = tune.Tuner(
         trainable,
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=scheduler,
                                     search_alg=search_alg, num_samples=sweep.num_samples,
-                                    max_concurrent_trials=sweep.max_concurrent_trials),
-        run_config=tune.RunConfig(name=name, storage_path=str(out / "tune")),
+                                    max_concurrent_trials=sweep.max_concurrent_trials,
+                                    reuse_actors=False),  # a stopped trial's actor must go with its trainer
+        # PBT clones a trial's checkpoint while the trial runs on: Tune must keep them all (only PBT sweeps
+        # copy checkpoints to Tune; with num_to_keep=4 a donor's was pruned before its clone read it)
+        run_config=tune.RunConfig(name=name, storage_path=str(out / "tune"), callbacks=[_GroupJanitor()]),
     )
     status = "FAILED"
-    groups_before = set(ray.util.placement_group_table())
     try:
         results = tuner.fit()
-        _remove_orphan_groups(groups_before)
+        remove_orphaned_groups()
         errored = sum(r.error is not None for r in results)
         best = results.get_best_result(metric=sweep.metric, mode=sweep.mode, filter_nan_and_inf=True)
-        best_overrides = best.config["space"]
+        best_overrides = decode_sample(sweep, best.config["space"])
         best_cfg = load_config(sweep.base, [*sweep.overrides, *(override(k, v) for k, v in best_overrides.items())])
         best_path = out / "best.yaml"
         best_path.write_text(to_yaml(best_cfg))
