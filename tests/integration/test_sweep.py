@@ -89,12 +89,19 @@ def test_failing_trials_are_marked_failed_and_the_sweep_goes_on(tmp_path, ray_cl
     assert orphaned_groups() == []
 
 
-def test_pbt_clones_a_better_trials_checkpoint(tmp_path, ray_cluster, mlflow_server):
+def test_pbt_clones_a_better_trials_checkpoint(tmp_path, ray_cluster, mlflow_server, monkeypatch):
     """Two trials side by side; at each report the worse continues from the better one's checkpoint with
-    perturbed schedules: its new run starts at the cloned step, not at 0."""
+    perturbed schedules: its new run starts at the cloned step, not at 0. Started, as a user would, from a
+    folder holding configs/ with relative paths: trials (which Tune runs in its own folders) use them too."""
     from vwm.tune.sweep import orphaned_groups, run_sweep
 
-    result = run_sweep(_sweep(PBT, tmp_path, mlflow_server))
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("configs/sweep/pbt_debug.yaml", ["output_dir=sweeps"], SweepConfig)
+    result = run_sweep(cfg.model_copy(update={"overrides": [
+        *cfg.overrides, f"tracking.tracking_uri={mlflow_server}", "train.output_dir=out", "dist.storage_path=ray",
+        "train.device=cpu"]}))
+    assert len(list((tmp_path / "out").iterdir())) >= 2 and len(list((tmp_path / "ray").iterdir())) >= 2
     assert result.trials == 2 and result.errored == 0 and result.best_metric is not None
 
     client = MlflowClient(mlflow_server)

@@ -112,14 +112,15 @@ class MLflowTracker:
             return f"models:/{name}@{alias}"
         return f"models:/{name}@latest"
 
-    def mark_stopped_children(self, stopped_trials: set[str]) -> int:
-        """Nested runs of trials a scheduler stopped (not failed) end as KILLED, tagged ``stopped_by``: a
-        stopped trial's run was either left RUNNING or failed on its killed trainer."""
+    def mark_stopped_children(self, failed_trials: set[str]) -> int:
+        """Nested runs of trials a scheduler stopped or paused end as KILLED, tagged ``stopped_by``: such a
+        run was left RUNNING (its process was killed) or FAILED on its killed trainer. Runs of the trials
+        in ``failed_trials`` (Tune's ids of errored trials) keep their FAILED status."""
         experiment = self.client.get_run(self.run_id).info.experiment_id
         children = self.client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'")
         marked = 0
         for child in children:
-            stopped = child.data.tags.get("trial_id") in stopped_trials and child.info.status == "FAILED"
+            stopped = child.data.tags.get("trial_id") not in failed_trials and child.info.status == "FAILED"
             if child.info.status == "RUNNING" or stopped:
                 self.client.set_tag(child.info.run_id, "stopped_by", "scheduler")
                 self.client.set_terminated(child.info.run_id, status="KILLED")

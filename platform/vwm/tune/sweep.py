@@ -21,7 +21,7 @@ from ray.train import UserCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.util.queue import Empty, Queue
 
-from vwm.config import ConfigError, load_config, to_yaml
+from vwm.config import ConfigError, RunConfig, load_config, to_yaml
 from vwm.raycluster import connect
 from vwm.tracking.tracker import make_tracker
 from vwm.tune.space import SweepConfig, check_space, decode_sample, distribution, override, param_space
@@ -52,8 +52,10 @@ class _ToTune(UserCallback):
         self.queue.put((dict(metrics[0]), checkpoint))  # blocks until the trial function took the last one
 
 
-def _trial(config: dict, *, sweep: SweepConfig, name: str, parent: dict, out: Path) -> None:
-    """One trial: a TorchTrainer run in a thread, its reports relayed to Tune from this (the trial's) thread."""
+def _trial(config: dict, *, sweep: SweepConfig, base_path: Path, name: str, parent: dict, out: Path) -> None:
+    """One trial: a TorchTrainer run in a thread, its reports relayed to Tune from this (the trial's) thread.
+    ``base_path`` is the sweep's base config with its paths made absolute (Tune runs trials in their own
+    folders)."""
     from vwm.train.launch import run_pretrain
 
     sampled = decode_sample(sweep, config["space"])
@@ -62,11 +64,11 @@ def _trial(config: dict, *, sweep: SweepConfig, name: str, parent: dict, out: Pa
     if parent.get("backend") == "mlflow":
         tags["mlflow.parentRunId"] = parent["run_id"]
     try:
-        cfg = load_config(sweep.base, [*sweep.overrides, *(override(k, v) for k, v in sampled.items()),
-                                       f"train.run_name={name}-{trial_id}"])
+        cfg = load_config(base_path, [*(override(k, v) for k, v in sampled.items()),
+                                      f"train.run_name={name}-{trial_id}"])
     except ConfigError as e:
         error = f"trial {trial_id}: sampled values {sampled} are rejected: {e}"
-        _record_rejected(load_config(sweep.base, sweep.overrides), out / trial_id, f"{name}-{trial_id}", tags,
+        _record_rejected(load_config(base_path), out / trial_id, f"{name}-{trial_id}", tags,
                          sampled, error)
         raise ValueError(error) from None
     init_from = tune.get_checkpoint()  # set when PBT restarts this trial from a better trial's checkpoint
@@ -96,6 +98,23 @@ def _trial(config: dict, *, sweep: SweepConfig, name: str, parent: dict, out: Pa
         tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, checkpoint.filesystem) if keep else None)
     if "error" in outcome:
         raise outcome["error"]
+
+
+def _pinned(base: RunConfig, parent: dict) -> RunConfig:
+    """The base with every local path made absolute where the sweep was started: trials run in Tune's
+    trial folders, where relative paths (outputs/, sqlite:///mlruns.db, shard folders) meant other places."""
+    def pin(path: str) -> str:
+        return path if "://" in path else str(Path(path).resolve())
+
+    tracking_uri = parent.get("tracking_uri", base.tracking.tracking_uri)
+    return base.model_copy(update={
+        "data": base.data.model_copy(update={"paths": [pin(p) for p in base.data.paths]}),
+        "train": base.train.model_copy(update={
+            "output_dir": pin(base.train.output_dir),
+            "probe": base.train.probe.model_copy(update={"paths": [pin(p) for p in base.train.probe.paths]})}),
+        "dist": base.dist.model_copy(update={"storage_path": pin(base.dist.storage_path)}),
+        "tracking": base.tracking.model_copy(update={"tracking_uri": tracking_uri}),
+    })
 
 
 def _record_rejected(base, run_dir: Path, run_name: str, tags: dict, sampled: dict, error: str) -> None:
@@ -135,17 +154,21 @@ def remove_orphaned_groups() -> int:
     return len(orphans)
 
 
-class _GroupJanitor(tune.Callback):
-    """Frees stopped trials' placement groups while the sweep runs: on a small cluster the next trial (or
-    a PBT-restarted one) would otherwise wait for their CPUs forever."""
+class _SweepMonitor(tune.Callback):
+    """Frees stopped trials' placement groups while the sweep runs (on a small cluster the next trial, or a
+    PBT clone, would otherwise wait for their CPUs forever) and notes which trials errored."""
 
     def __init__(self, every_s: float = 2.0):
         self.every_s, self._last = every_s, 0.0
+        self.errored: set[str] = set()
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if time.monotonic() - self._last >= self.every_s:
             self._last = time.monotonic()
             remove_orphaned_groups()
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self.errored.add(trial.trial_id)
 
 
 def _clip_to_space(config: dict, *, space: dict) -> dict:
@@ -199,9 +222,12 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
     scheduler = _scheduler(sweep)
     # the trial function only waits on its TorchTrainer: half a CPU, so that on a small node the next
     # trial's workers fit even while a stopped trial's resources are still being released
+    base_path = out / "base.yaml"
+    base_path.write_text(to_yaml(_pinned(base, parent.handle())))
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, sweep=sweep, name=name, parent=parent.handle(), out=out),
+        tune.with_parameters(_trial, sweep=sweep, base_path=base_path, name=name, parent=parent.handle(), out=out),
         {"cpu": sweep.trial_cpus})
+    monitor = _SweepMonitor()
     tuner = tune.Tuner(
         trainable,
         param_space=param_space(sweep),
@@ -211,7 +237,7 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
                                     reuse_actors=False),  # a stopped trial's actor must go with its trainer
         # PBT clones a trial's checkpoint while the trial runs on: Tune must keep them all (only PBT sweeps
         # copy checkpoints to Tune; with num_to_keep=4 a donor's was pruned before its clone read it)
-        run_config=tune.RunConfig(name=name, storage_path=str(out / "tune"), callbacks=[_GroupJanitor()]),
+        run_config=tune.RunConfig(name=name, storage_path=str(out / "tune"), callbacks=[monitor]),
     )
     status = "FAILED"
     try:
@@ -229,8 +255,8 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
             parent.log_metrics({f"best/{sweep.metric}": best_metric}, 0)
         parent.log_params({"best." + k: v for k, v in best_overrides.items()})
         if hasattr(parent, "mark_stopped_children"):
-            stopped = {r.metrics.get("trial_id") for r in results if r.error is None and r.metrics}
-            parent.mark_stopped_children(stopped)
+            # Tune's ids, not results' metrics: a PBT clone's result carries the donor's trial_id
+            parent.mark_stopped_children(monitor.errored)
         status = "FINISHED"
     finally:
         parent.close(status=status)
