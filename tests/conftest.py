@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vwm.config import RunConfig, load_config
+from vwm.config import RunConfig
+from vwm.configfile import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG_CONFIG = REPO / "configs" / "pretrain" / "debug_cpu.yaml"

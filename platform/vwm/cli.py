@@ -9,7 +9,8 @@ import argparse
 import logging
 import sys
 
-from vwm.config import ConfigError, RunConfig, load_config
+from vwm.config import ConfigError, RunConfig
+from vwm.configfile import load_config
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -71,7 +72,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    from vwm.config import to_yaml
+    from vwm.configfile import to_yaml
 
     print(to_yaml(load_or_exit(args)), end="")
     return 0

@@ -160,7 +160,7 @@ def test_pipeline_feeds_a_two_worker_ray_train_loop(local_shards, tmp_path):
 
 
 def test_local_pretraining_on_shards_resumes_at_its_data_position(local_shards, tmp_path):
-    from vwm.config import load_config
+    from vwm.configfile import load_config
     from vwm.train.loop import run_local
     from tests.conftest import REPO
 

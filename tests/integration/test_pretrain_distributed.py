@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vwm.config import load_config
+from vwm.configfile import load_config
 from vwm.models.jepa import build_models
 from vwm.train import checkpoint as ckpt
 from tests.conftest import DEBUG_CONFIG

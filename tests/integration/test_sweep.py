@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from vwm.config import ConfigError, load_config
+from vwm.config import ConfigError
+from vwm.configfile import load_config
 from vwm.tune.space import SweepConfig
 from tests.conftest import REPO
 

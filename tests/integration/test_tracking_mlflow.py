@@ -10,7 +10,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from vwm.config import SyntheticConfig, TrackingConfig, load_config
+from vwm.config import SyntheticConfig, TrackingConfig
+from vwm.configfile import load_config
 from tests.conftest import REPO
 from tests.integration.conftest import free_port, start_mlflow, stop_pid
 

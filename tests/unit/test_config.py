@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from vwm.config import ConfigError, RunConfig, load_config, to_yaml
+from vwm.config import ConfigError, RunConfig
+from vwm.configfile import load_config, to_yaml
 from tests.conftest import DEBUG_CONFIG, REPO
 
 

@@ -4,7 +4,7 @@ import importlib.util
 import subprocess
 import sys
 
-from vwm.config import load_config
+from vwm.configfile import load_config
 from tests.conftest import DEBUG_CONFIG, REPO
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from vwm.config import ConfigError, SyntheticConfig, load_config
+from vwm.config import ConfigError, SyntheticConfig
+from vwm.configfile import load_config
 from vwm.data.decode import encode_mp4
 from vwm.data.shards import DataSourceError, Sample, write_shard
 from vwm.data.synthetic import render_video

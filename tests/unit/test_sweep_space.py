@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import REPO
-from vwm.config import ConfigError, load_config
+from vwm.config import ConfigError
+from vwm.configfile import load_config
 from vwm.tune.space import SweepConfig, decode_sample, param_space
 from vwm.tune.sweep import run_sweep
 

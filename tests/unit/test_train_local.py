@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from vwm.config import load_config
+from vwm.configfile import load_config
 from vwm.train import checkpoint as ckpt
 from vwm.train.loop import run_local
 from tests.conftest import DEBUG_CONFIG

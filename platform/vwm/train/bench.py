@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from vwm.benchreport import write_block
-from vwm.config import BenchTrainConfig, RunConfig, load_config
+from vwm.config import BenchTrainConfig, RunConfig
+from vwm.configfile import load_config
 from vwm.masks.collate import MaskCollator
 from vwm.models.jepa import build_models
 from vwm.models.vit import token_grid

@@ -14,7 +14,8 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from vwm.config import RunConfig, flatten, to_yaml
+from vwm.config import RunConfig
+from vwm.configfile import flatten, to_yaml
 from vwm.raycluster import connect
 from vwm.tracking.tracker import attach_tracker, make_tracker
 from vwm.train.distributed import ledger_name

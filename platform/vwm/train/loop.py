@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vwm.config import RunConfig, TrainConfig, flatten, to_yaml
+from vwm.config import RunConfig, TrainConfig
+from vwm.configfile import flatten, to_yaml
 from vwm.data.synthetic import SyntheticClips
 from vwm.eval.probe import heldout_probe, probe_set
 from vwm.eval.rankme import feature_std, heldout_rankme, rankme, token_sample

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from vwm.config import ConfigError, _Strict, load_config
+from vwm.config import ConfigError, _Strict
+from vwm.configfile import load_config
 
 
 class ParamSpec(_Strict):

@@ -21,7 +21,8 @@ from ray.train import UserCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.util.queue import Empty, Queue
 
-from vwm.config import ConfigError, RunConfig, load_config, to_yaml
+from vwm.config import ConfigError, RunConfig
+from vwm.configfile import load_config, to_yaml
 from vwm.raycluster import connect
 from vwm.tracking.tracker import make_tracker
 from vwm.tune.space import SweepConfig, check_space, decode_sample, distribution, override, param_space
