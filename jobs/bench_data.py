@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-
-from vwm.cli import add_config_args, load_or_exit
+from vwm.cli import run_job
 from vwm.config import BenchDataConfig
 from vwm.data.bench import run_bench_data
 
@@ -16,6 +13,4 @@ def main(cfg: BenchDataConfig) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_config_args(parser)
-    sys.exit(main(load_or_exit(parser.parse_args(), BenchDataConfig)))
+    run_job(main, BenchDataConfig, __doc__)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-
-from vwm.cli import add_config_args, load_or_exit
+from vwm.cli import run_job
 from vwm.config import BenchTrainConfig
 from vwm.train.bench import run_bench_train
 
@@ -16,6 +13,4 @@ def main(cfg: BenchTrainConfig) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_config_args(parser)
-    sys.exit(main(load_or_exit(parser.parse_args(), BenchTrainConfig)))
+    run_job(main, BenchTrainConfig, __doc__)

@@ -27,6 +27,13 @@ def load_or_exit(args: argparse.Namespace, model: type | None = None) -> RunConf
         raise SystemExit(2) from None
 
 
+def run_job(main, model: type, doc: str | None) -> None:
+    """The ``__main__`` of a thin job taking only ``--config``/``--set``: parse, load ``model``, exit with main's code."""
+    parser = argparse.ArgumentParser(description=doc)
+    add_config_args(parser)
+    sys.exit(main(load_or_exit(parser.parse_args(), model)))
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     cfg = load_or_exit(args)
     if args.local:
