@@ -64,7 +64,7 @@ class SweepConfig(_Strict):
     output_dir: str = "outputs/sweeps"
 
     @model_validator(mode="after")
-    def _grid(self) -> SweepConfig:
+    def _search_and_scheduler(self) -> SweepConfig:
         if self.search == "grid" and any(p.kind not in ("grid", "choice") for p in self.space.values()):
             raise ValueError("search=grid needs every space entry to be grid or choice")
         if self.scheduler.kind == "pbt":

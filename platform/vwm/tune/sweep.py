@@ -1,8 +1,9 @@
 """``run_sweep``: Ray Tune over TorchTrainer trials (the Train V2 pattern: a Tune function wraps a trainer).
 
 One MLflow parent run per sweep holds the space and the best config; every trial is a nested child run.
-Trials report ``eval/rankme`` (label-free: JEPA losses do not compare across masking configs) at eval
-steps, so ASHA can stop weak ones early. A failing trial is marked failed with its error; the sweep goes on.
+Trials report ``eval/rankme`` (label-free: JEPA losses do not compare across masking configs) or
+``eval/probe_acc`` at eval steps, so ASHA can stop weak ones early and PBT can clone strong ones' checkpoints.
+A failing trial is marked failed with its error; the sweep goes on. See docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -221,10 +222,10 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
                        "sweep.search": sweep.search, "sweep.scheduler": sweep.scheduler.kind,
                        "sweep.metric": sweep.metric, "sweep.mode": sweep.mode, "sweep.base": sweep.base})
     scheduler = _scheduler(sweep)
-    # the trial function only waits on its TorchTrainer: half a CPU, so that on a small node the next
-    # trial's workers fit even while a stopped trial's resources are still being released
     base_path = out / "base.yaml"
     base_path.write_text(to_yaml(_pinned(base, parent.handle())))
+    # the trial function only waits on its TorchTrainer: half a CPU, so that on a small node the next
+    # trial's workers fit even while a stopped trial's resources are still being released
     trainable = tune.with_resources(
         tune.with_parameters(_trial, sweep=sweep, base_path=base_path, name=name, parent=parent.handle(), out=out),
         {"cpu": sweep.trial_cpus})
@@ -236,8 +237,8 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
                                     search_alg=search_alg, num_samples=sweep.num_samples,
                                     max_concurrent_trials=sweep.max_concurrent_trials,
                                     reuse_actors=False),  # a stopped trial's actor must go with its trainer
-        # PBT clones a trial's checkpoint while the trial runs on: Tune must keep them all (only PBT sweeps
-        # copy checkpoints to Tune; with num_to_keep=4 a donor's was pruned before its clone read it)
+        # no num_to_keep: PBT clones a checkpoint while its trial runs on, and with num_to_keep=4 a donor's
+        # was pruned before its clone read it (only PBT sweeps hand checkpoints to Tune at all)
         run_config=tune.RunConfig(name=name, storage_path=str(out / "tune"), callbacks=[monitor]),
     )
     status = "FAILED"
