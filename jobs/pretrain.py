@@ -8,17 +8,12 @@ import logging
 import sys
 
 from vwm.cli import add_config_args, describe_result, load_or_exit
-from vwm.config import RunConfig
-from vwm.train.launch import run_pretrain
-from vwm.train.loop import run_local
+from vwm.config import PretrainConfig
+from vwm.tasks.jepa import run_pretrain
 
 
-def main(cfg: RunConfig, *, local: bool = False, resume: bool = False) -> int:
-    if local:
-        summary = run_local(cfg, resume=resume)
-        print(f"final loss {summary.losses[-1]:.4f} at step {summary.final_step}; outputs in {summary.run_dir}")
-    else:
-        print(describe_result(run_pretrain(cfg, resume=resume)))
+def main(cfg: PretrainConfig, *, local: bool = False, resume: bool = False) -> int:
+    print(describe_result(run_pretrain(cfg, local=local, resume=resume)))
     return 0
 
 
@@ -26,7 +21,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_args(parser)
-    parser.add_argument("--local", action="store_true", help="one process, no Ray")
+    parser.add_argument("--local", action="store_true", help="train in this process; default: Ray Train workers")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     sys.exit(main(load_or_exit(args), local=args.local, resume=args.resume))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vwm.config import RunConfig
+from vwm.config import PretrainConfig
 from vwm.configfile import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +24,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def debug_cfg(tmp_path) -> RunConfig:
+def debug_cfg(tmp_path) -> PretrainConfig:
     """The debug config with outputs under the test's tmp dir and a quiet tracker."""
     return load_config(DEBUG_CONFIG, [f"train.output_dir={tmp_path}", "train.device=cpu"])

@@ -9,17 +9,19 @@ import argparse
 import logging
 import sys
 
-from vwm.config import ConfigError, RunConfig
+from vwm.config import ConfigError
 from vwm.configfile import load_config
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", required=True, help="YAML run config, e.g. configs/pretrain/debug_cpu.yaml")
+    p.add_argument("--config", "-c", required=True, action="append",
+                   help="YAML config, e.g. configs/pretrain/debug_cpu.yaml; repeat to merge files in order "
+                        "(a recipe, then a cluster overlay, then a data overlay)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, repeatable: --set model.depth=4 --set train.steps=20")
 
 
-def load_or_exit(args: argparse.Namespace, model: type | None = None) -> RunConfig:
+def load_or_exit(args: argparse.Namespace, model: type | None = None):
     try:
         return load_config(args.config, args.overrides, model)
     except ConfigError as e:
@@ -36,18 +38,11 @@ def run_job(main, model: type, doc: str | None) -> None:
 
 def _pretrain(args: argparse.Namespace) -> int:
     cfg = load_or_exit(args)
-    if args.local:
-        from vwm.train.loop import run_local
-
-        summary = run_local(cfg, resume=args.resume)
-        print(f"trained steps {summary.start_step}..{summary.final_step}; final loss {summary.losses[-1]:.4f}; "
-              f"checkpoint {summary.last_checkpoint}; outputs in {summary.run_dir}")
-        return 0
     from vwm.data.shards import DataSourceError
-    from vwm.train.launch import run_pretrain
+    from vwm.tasks.jepa import run_pretrain
 
     try:
-        result = run_pretrain(cfg, resume=args.resume)
+        result = run_pretrain(cfg, local=args.local, resume=args.resume)
     except DataSourceError as e:
         print(f"vwm: {e}", file=sys.stderr)
         return 2
@@ -56,12 +51,15 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def describe_result(result) -> str:
-    lines = [f"run {result.name}: final metrics {result.metrics}", f"checkpoint: {result.checkpoint_path}"]
-    if result.tracker.get("backend") == "mlflow":
-        lines.append(f"MLflow run {result.tracker['run_id']} at {result.tracker['tracking_uri']}")
-        if result.model_uri:
-            lines.append(f"model: {result.model_uri}  (vwm.load_world_model(\"{result.model_uri}\"))")
-        lines.append(f"browse it: mlflow ui --backend-store-uri {result.tracker['tracking_uri']}")
+    """What a person needs at the end of a run: where it stopped, where its records and model are."""
+    from vwm.tracking.tracker import describe
+
+    loss = result.metrics.get("train/loss")
+    lines = [f"run {result.name}: step {result.metrics.get('step')}"
+             + (f", final loss {loss:.4f}" if isinstance(loss, float) else ""),
+             f"run folder: {result.run_dir}", f"checkpoint: {result.checkpoint_path}", *describe(result.tracker)]
+    if result.model_uri:
+        lines.append(f"model: {result.model_uri}  (vwm.load_world_model(\"{result.model_uri}\"))")
     return "\n".join(lines)
 
 

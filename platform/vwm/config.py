@@ -1,6 +1,8 @@
 """Typed run configuration: one frozen pydantic model per component (files and overrides: ``vwm.configfile``).
 
-Every component receives its own sub-config (``cfg.model``, ``cfg.mask``, ...), never the whole RunConfig.
+``TrainerConfig`` holds what the shared trainer reads (optim, train, dist, tracking); each job's config
+extends it with its own sections (``PretrainConfig``: data, mask, model, monitor). Every component receives
+its own sub-config (``cfg.model``, ``cfg.mask``, ...), never the whole job config.
 Unknown keys, wrong types and impossible combinations raise ``ConfigError`` with a one-line message that
 names the file (or the ``--set`` override), the dotted key and what is allowed.
 """
@@ -226,45 +228,45 @@ class ProbeConfig(_Strict):
     def _label(self) -> ProbeConfig:
         if self.label and not self.paths and self.label not in SYNTHETIC_LABELS:
             raise ValueError(f"label {self.label!r}: synthetic probe videos carry {', '.join(SYNTHETIC_LABELS)}; "
-                             "set train.probe.paths to shards whose metadata has this key")
+                             "set monitor.probe.paths to shards whose metadata has this key")
         return self
 
 
 class TrainConfig(_Strict):
+    """The loop every task shares: length, cadence of logs, evals and checkpoints, device, run naming."""
+
     steps: int = Field(1000, ge=1)
     steps_per_epoch: int = Field(300, ge=1)
     seed: int = 0
     log_every: int = Field(10, ge=1)
-    monitor_every: int = Field(50, ge=1, description="collapse diagnostics (feature std, RankMe)")
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
     output_dir: str = "outputs"
     run_name: str = "pretrain"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="every worker's device; auto: CUDA where the cluster (or this machine) has GPUs")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
-    eval_every: int | None = Field(None, ge=1, description="RankMe on held-out clips (eval/rankme) every N steps")
-    eval_clips: int = Field(16, ge=2, description="held-out clips: synthetic videos under another seed")
-    probe: ProbeConfig = ProbeConfig()
-
-    @model_validator(mode="after")
-    def _probe_needs_eval(self) -> TrainConfig:
-        if self.probe.label and not self.eval_every:
-            raise ValueError("train.probe.label is set but train.eval_every is not: the probe runs at eval steps")
-        return self
+    eval_every: int | None = Field(None, ge=1, description="the task's held-out evaluation (reported to Tune) every N steps")
 
 
 class DistConfig(_Strict):
     """Ray Train + DeepSpeed: workers, resources, ZeRO stage, fault tolerance, checkpoint storage."""
 
     num_workers: int = Field(2, ge=1)
-    use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0, description="leave CPUs for Ray Data decode tasks")
     zero_stage: Literal[0, 1, 2, 3] = 1
     max_failures: int = Field(0, ge=-1, description="restarts from the latest checkpoint; -1: no limit")
     storage_path: str = Field("outputs/ray", description="local folder or s3://bucket/prefix for checkpoints")
-    checksum_every: int = Field(50, ge=1, description="compare the EMA target's checksum across ranks")
+    checksum_every: int = Field(50, ge=1, description="compare EMA replicas' checksums across ranks")
     dataset_epochs: int | None = Field(None, ge=1, description="passes over the shards; default: enough for steps")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "use_gpu" in data:
+            raise ValueError("dist.use_gpu is gone: train.device (auto, cpu, cuda) sets the device of every worker")
+        return data
 
 
 class TrackingConfig(_Strict):
@@ -272,7 +274,7 @@ class TrackingConfig(_Strict):
     experiment: str = "vwm"
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db")
     register_as: str | None = Field("vwm-jepa", description="registered model name; null: do not register")
-    alias: str | None = Field(None, description="extra alias for the new version, e.g. candidate")
+    alias: str | None = Field("candidate", description="alias the new version gets (models:/NAME@ALIAS)")
     log_checkpoints: bool = True
 
     @model_validator(mode="after")
@@ -283,17 +285,45 @@ class TrackingConfig(_Strict):
         return self
 
 
-class RunConfig(_Strict):
-    data: DataConfig = DataConfig()
-    mask: MaskConfig = MaskConfig()
-    model: ModelConfig = ModelConfig()
+class TrainerConfig(_Strict):
+    """What the shared trainer reads, whatever the task: optimiser, loop cadence, workers, tracking."""
+
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     dist: DistConfig = DistConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+
+class MonitorConfig(_Strict):
+    """V-JEPA's diagnostics: collapse monitors on training targets, held-out RankMe and the linear probe."""
+
+    every: int = Field(50, ge=1, description="feature std and RankMe of the training targets every N steps")
+    eval_clips: int = Field(16, ge=2, description="held-out clips for eval/rankme: synthetic videos, another seed")
+    probe: ProbeConfig = ProbeConfig()
+
+
+_MOVED_TRAIN_KEYS = {"monitor_every": "monitor.every", "eval_clips": "monitor.eval_clips", "probe": "monitor.probe"}
+
+
+class PretrainConfig(TrainerConfig):
+    """``vwm pretrain``: V-JEPA on videos. Each component gets its own section."""
+
+    data: DataConfig = DataConfig()
+    mask: MaskConfig = MaskConfig()
+    model: ModelConfig = ModelConfig()
+    monitor: MonitorConfig = MonitorConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        train = data.get("train") if isinstance(data, dict) else None
+        for old, new in _MOVED_TRAIN_KEYS.items():
+            if isinstance(train, dict) and old in train:
+                raise ValueError(f"train.{old} moved to {new}; rename it in the config file or --set")
+        return data
+
     @model_validator(mode="after")
-    def _cross_checks(self) -> RunConfig:
+    def _cross_checks(self) -> PretrainConfig:
         d, m = self.data, self.model
         if d.crop % m.patch_size:
             raise ValueError(f"data.crop={d.crop} is not divisible by model.patch_size={m.patch_size}; "
@@ -305,16 +335,29 @@ class RunConfig(_Strict):
             if span > d.synthetic.video_frames:
                 raise ValueError(f"a clip spans {span} frames (data.frames x data.frame_step) but "
                                  f"data.synthetic.video_frames={d.synthetic.video_frames}")
-        from vwm.masks.multiblock3d import empty_context_rate  # lazy: keeps `import vwm.config` light
-
-        grid = (d.frames // m.tubelet_size, d.crop // m.patch_size, d.crop // m.patch_size)
-        for i, s in enumerate(self.mask.sets):
-            rate = empty_context_rate(s, grid)
-            if rate > 0.2:
-                raise ValueError(f"mask.sets.{i} (num_blocks={s.num_blocks}, spatial_scale={list(s.spatial_scale)}) "
-                                 f"masks every token of the {grid[1]}x{grid[2]} grid in {rate:.0%} of draws and "
-                                 "leaves no context; lower spatial_scale or num_blocks")
+        if self.monitor.probe.label and not self.train.eval_every:
+            raise ValueError("monitor.probe.label is set but train.eval_every is not: the probe runs at eval steps")
         return self
+
+
+def with_overrides(cfg: _Strict, updates: dict[str, Any]) -> Any:
+    """A copy of ``cfg`` with dotted keys replaced (``{"train.run_name": "x"}``), validated again as a whole:
+    a derived config passes the same checks as one read from a file."""
+    data = cfg.model_dump(mode="json")
+    for key, value in updates.items():
+        node, parts = data, key.split(".")
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            node[int(parts[-1])] = value
+        elif parts[-1] not in node:
+            raise ConfigError(f"with_overrides: {key} is not a key of {type(cfg).__name__}")
+        else:
+            node[parts[-1]] = value
+    try:
+        return type(cfg).model_validate(data)
+    except ValueError as e:
+        raise ConfigError(f"derived config ({', '.join(updates)}): {e}") from None
 
 
 class BenchDataConfig(_Strict):

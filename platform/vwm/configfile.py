@@ -13,33 +13,64 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from vwm.config import ConfigError, RunConfig
+from vwm.config import ConfigError, PretrainConfig
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+
+def load_config(path: str | Path | list | tuple | None, overrides: list[str] | tuple[str, ...] = (),
                 model: type[BaseModel] | None = None) -> Any:
-    """Read ``path`` (YAML), apply ``key.path=value`` overrides, validate as ``model`` (default RunConfig).
-    Raises ConfigError."""
-    model = model or RunConfig
+    """Read ``path`` (YAML; several files merge in order: a recipe, then a cluster overlay, then a data
+    overlay), apply ``key.path=value`` overrides, validate as ``model`` (default PretrainConfig), then run the
+    checks that need more than the config's own fields. Raises ConfigError."""
+    model = model or PretrainConfig
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {source} not found; pass an existing YAML file to --config")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{source}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: top level must be a mapping of sections (data, model, ...)")
+    for p in paths:
+        raw = _merge(raw, _read(p))
+    source = " + ".join(map(str, paths)) or "defaults"
     set_keys = _apply_overrides(raw, overrides, model)
     try:
-        return model.model_validate(raw)
+        cfg = model.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_describe(e, source, set_keys, model)) from None
+    _deep_checks(cfg, source)
+    return cfg
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections (data, model, ...)")
+    return raw
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Sections merge key by key; a value (lists included) in a later file replaces the earlier one."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _deep_checks(cfg: Any, source: str) -> None:
+    """Checks that sample (masks) rather than compare fields: run on load, before any cluster work."""
+    if isinstance(cfg, PretrainConfig):
+        from vwm.masks.multiblock3d import context_problems
+        from vwm.models.vit import token_grid
+
+        problems = context_problems(cfg.mask.sets, token_grid(cfg.model, cfg.data.frames, cfg.data.crop))
+        if problems:
+            raise ConfigError(f"{source}: {problems[0]}")
 
 
 def _apply_overrides(raw: dict[str, Any], overrides, model: type[BaseModel]) -> dict[str, str]:

@@ -161,18 +161,21 @@ def test_pipeline_feeds_a_two_worker_ray_train_loop(local_shards, tmp_path):
 
 def test_local_pretraining_on_shards_resumes_at_its_data_position(local_shards, tmp_path):
     from vwm.configfile import load_config
-    from vwm.train.loop import run_local
+    from vwm.tasks.jepa import run_pretrain
     from tests.conftest import REPO
+
+    def run_local(cfg, **kwargs):
+        return run_pretrain(cfg, local=True, progress=False, **kwargs).summary
 
     out, _ = local_shards
     cfg = load_config(REPO / "configs" / "pretrain" / "debug_shards.yaml",
                       [f"data.paths=[{out}]", f"train.output_dir={tmp_path}", "train.steps=8",
                        "train.checkpoint_every=4", "data.batch_size=4", "train.device=cpu", "tracking.backend=jsonl"])
-    first = run_local(cfg, stop_at=4, progress=False)
+    first = run_local(cfg, stop_at=4)
     meta = json.loads((first.last_checkpoint / "meta.json").read_text())
     epoch, order = meta["data_position"]["position"]
     assert epoch == 0 and 0 <= order < 3
-    rest = run_local(cfg, resume=True, progress=False)
+    rest = run_local(cfg, resume=True)
     assert rest.start_step == 4 and rest.final_step == 8
     assert all(np.isfinite(first.losses + rest.losses))
     rows = [json.loads(line) for line in (first.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from vwm.config import with_overrides
 from vwm.configfile import load_config
 from vwm.models.jepa import build_models
 from vwm.train import checkpoint as ckpt
@@ -31,7 +32,7 @@ def _loss(result) -> float:
 
 
 def test_zero_stages_0_1_2_agree_and_ema_targets_stay_identical(tmp_path, ray_cluster):
-    from vwm.train.launch import run_pretrain
+    from vwm.tasks.jepa import run_pretrain
 
     losses = {}
     for stage in (0, 1, 2):
@@ -45,8 +46,8 @@ def test_zero_stages_0_1_2_agree_and_ema_targets_stay_identical(tmp_path, ray_cl
 
 
 def test_zero3_trains_gathers_ema_and_exports_the_model(tmp_path, ray_cluster):
-    from vwm.eval.world_model import load_world_model
-    from vwm.train.launch import run_pretrain
+    from vwm import load_world_model
+    from vwm.tasks.jepa import run_pretrain
 
     result = run_pretrain(_cfg(tmp_path, "dist.zero_stage=3", "train.steps=3", "train.checkpoint_every=3"))
     assert result.metrics["step"] == 3 and torch.isfinite(torch.tensor(_loss(result)))
@@ -56,7 +57,7 @@ def test_zero3_trains_gathers_ema_and_exports_the_model(tmp_path, ray_cluster):
 
 
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, ray_cluster):
-    from vwm.train.launch import run_pretrain
+    from vwm.tasks.jepa import run_pretrain
 
     full = run_pretrain(_cfg(tmp_path / "full", "train.steps=8", "train.checkpoint_every=4"))
     cfg = _cfg(tmp_path / "split", "train.steps=8", "train.checkpoint_every=4")
@@ -91,7 +92,7 @@ def _kill_a_worker_after_first_checkpoint(storage: Path, killed: list) -> None:
 
 
 def test_killed_worker_restarts_from_latest_checkpoint_and_every_checkpoint_loads(tmp_path, ray_cluster):
-    from vwm.train.launch import run_pretrain
+    from vwm.tasks.jepa import run_pretrain
 
     cfg = _cfg(tmp_path, "train.steps=16", "train.checkpoint_every=2", "train.keep_checkpoints=3",
                "dist.max_failures=2", "dist.checksum_every=4", "train.log_every=4")
@@ -108,7 +109,8 @@ def test_killed_worker_restarts_from_latest_checkpoint_and_every_checkpoint_load
     # every checkpoint folder left behind is complete and loads
     _, target = build_models(cfg.model, cfg.data.frames, cfg.data.crop, len(cfg.mask.sets))
     for d in sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir()):
-        meta = ckpt.load_extras(d, rank=0, target=target)
+        target.load_state_dict(torch.load(d / "task.pt", weights_only=True)["target"])
+        meta = ckpt.read_meta(d)
         assert meta["step"] % 2 == 0 and (d / "engine").is_dir() and (d / "rng_rank1.pt").is_file()
     # the restarted workers resumed from a checkpoint: a restart from scratch would log step 0 again
     steps = [json.loads(line)["step"] for line in (Path(cfg.train.output_dir) / result.name / "metrics.jsonl")
@@ -119,7 +121,7 @@ def test_killed_worker_restarts_from_latest_checkpoint_and_every_checkpoint_load
 def test_checkpoints_to_s3_and_resume_from_there(tmp_path, s3_bucket, ray_cluster):
     import s3fs
 
-    from vwm.train.launch import run_pretrain
+    from vwm.tasks.jepa import run_pretrain
 
     endpoint, bucket = s3_bucket
     host = endpoint.removeprefix("http://")
@@ -131,10 +133,9 @@ def test_checkpoints_to_s3_and_resume_from_there(tmp_path, s3_bucket, ray_cluste
     fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint)
     ckpt_dir = first.checkpoint_path
     assert ckpt_dir.startswith(f"{bucket}/runs/{first.name}/checkpoint_")
-    assert {"meta.json", "target.pt", "rng_rank0.pt", "rng_rank1.pt"} <= {p.rsplit("/", 1)[-1]
+    assert {"meta.json", "task.pt", "rng_rank0.pt", "rng_rank1.pt"} <= {p.rsplit("/", 1)[-1]
                                                                          for p in fs.ls(ckpt_dir)}
-    resumed = run_pretrain(cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": first.name})}),
-                           resume=True)
+    resumed = run_pretrain(with_overrides(cfg, {"train.run_name": first.name}), resume=True)
     assert resumed.name == first.name and resumed.metrics["step"] == 4
 
 
@@ -149,3 +150,36 @@ def test_bench_train_job_reports_a_ratio(tmp_path, ray_cluster):
     assert [r["what"] for r in rows] == ["bare PyTorch loop (1 process)", "Ray Train + DeepSpeed ZeRO-1, 1 worker"]
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and rows[1]["clips_per_s"] > 0
     assert "<!-- bench_train:start -->" in report.read_text()
+
+
+def _positions(run_dir: Path) -> dict[int, tuple[int, int]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: (r["data/epoch"], r["data/file"]) for r in rows if "data/epoch" in r}
+
+
+def test_resumed_run_on_shards_continues_at_its_data_position(tmp_path, ray_cluster):
+    """A distributed --resume on shards starts the data where the checkpoint stopped, as an uninterrupted
+    run reads it, not at epoch 0, file 0."""
+    from vwm.config import SyntheticConfig
+    from vwm.data.tools import run_synth
+    from vwm.tasks.jepa import run_pretrain
+    from tests.conftest import REPO
+
+    run_synth(str(tmp_path / "shards"), num_videos=12, shards=3, seed=0,
+              cfg=SyntheticConfig(video_frames=24, height=64, width=64))
+
+    def cfg(name):
+        return load_config(REPO / "configs" / "pretrain" / "debug_shards.yaml", [
+            f"data.paths=[{tmp_path}/shards]", "data.batch_size=4", "data.shuffle_buffer=0", "train.steps=8",
+            "train.checkpoint_every=4", "train.log_every=1", f"train.output_dir={tmp_path}/{name}",
+            f"dist.storage_path={tmp_path}/{name}/ray", "tracking.backend=jsonl", "train.device=cpu"])
+
+    full = run_pretrain(cfg("full"))
+    first = run_pretrain(cfg("split"), stop_at=4)
+    saved = tuple(ckpt.latest_meta(str(tmp_path / "split" / "ray" / first.name))["data_position"]["position"])
+    assert saved[0] >= 1, saved  # 4 steps of 2 workers x 4 clips read past the first pass over 3 shards
+    rest = run_pretrain(cfg("split"), resume=True)
+    assert rest.name == first.name and rest.metrics["step"] == 8
+    resumed, uninterrupted = _positions(rest.run_dir), _positions(full.run_dir)
+    assert resumed[4] >= saved, (resumed, saved)  # before the fix: epoch 0, file 0 again
+    assert abs(resumed[7][0] - uninterrupted[7][0]) <= 1, (resumed, uninterrupted)

@@ -40,7 +40,7 @@ def test_unknown_space_key_fails_before_any_trial():
 
 
 def test_debug_sweep_nested_runs_asha_and_best_config(tmp_path, ray_cluster, mlflow_server):
-    from vwm.train.loop import run_local
+    from vwm.tasks.jepa import run_pretrain
     from vwm.tune.sweep import run_sweep
 
     # Optuna TPE as the searcher (random search runs in the PBT test, grid in the failing-trials one)
@@ -60,18 +60,19 @@ def test_debug_sweep_nested_runs_asha_and_best_config(tmp_path, ray_cluster, mlf
     best = load_config(result.best_config_path, ["train.steps=2", f"train.output_dir={tmp_path}/best",
                                                  "tracking.backend=jsonl"])
     assert best.mask.sets[0].num_blocks == result.best_overrides["mask.sets.0.num_blocks"]
-    assert run_local(best, progress=False).final_step == 2
+    assert run_pretrain(best, local=True, progress=False).summary.final_step == 2
 
 
 def test_failing_trials_are_marked_failed_and_the_sweep_goes_on(tmp_path, ray_cluster, mlflow_server):
     """A value the config rejects and a NaN loss fail their trials, each with its error in MLflow; the
     healthy trial wins on the labelled objective (linear-probe accuracy)."""
-    from vwm.tune.sweep import orphaned_groups, run_sweep
+    from vwm.raycompat import orphaned_groups
+    from vwm.tune.sweep import run_sweep
 
     cfg = _sweep(SWEEP, tmp_path, mlflow_server, "scheduler.kind=fifo", "metric=eval/probe_acc", "num_samples=1",
                  overrides=["train.steps=4", "train.eval_every=2", "train.checkpoint_every=4",
                             "train.max_nonfinite_steps=2", "optim.lr.warmup_steps=0",
-                            "train.probe.label=direction", "train.probe.clips=32"])
+                            "monitor.probe.label=direction", "monitor.probe.clips=32"])
     cfg = SweepConfig.model_validate({**cfg.model_dump(), "search": "grid",
                                       "space": {"optim.lr.peak": {"kind": "grid", "values": [5e-4, 1e30, -1.0]}}})
     result = run_sweep(cfg)
@@ -94,7 +95,8 @@ def test_pbt_clones_a_better_trials_checkpoint(tmp_path, ray_cluster, mlflow_ser
     """Two trials side by side; at each report the worse continues from the better one's checkpoint with
     perturbed schedules: its new run starts at the cloned step, not at 0. Started, as a user would, from a
     folder holding configs/ with relative paths: trials (which Tune runs in its own folders) use them too."""
-    from vwm.tune.sweep import orphaned_groups, run_sweep
+    from vwm.raycompat import orphaned_groups
+    from vwm.tune.sweep import run_sweep
 
     (tmp_path / "configs").symlink_to(REPO / "configs")
     monkeypatch.chdir(tmp_path)

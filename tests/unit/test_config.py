@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from vwm.config import ConfigError, RunConfig
+from vwm.config import ConfigError, PretrainConfig
 from vwm.configfile import load_config, to_yaml
 from tests.conftest import DEBUG_CONFIG, REPO
 
@@ -15,7 +15,7 @@ def test_debug_config_loads_with_preset_values():
 
 
 def test_defaults_follow_vjepa():
-    cfg = RunConfig()
+    cfg = PretrainConfig()
     assert (cfg.model.dim, cfg.model.depth, cfg.model.heads) == (1024, 24, 16)
     assert (cfg.model.predictor.dim, cfg.model.predictor.depth) == (384, 12)
     assert [(s.num_blocks, s.spatial_scale) for s in cfg.mask.sets] == [(8, (0.15, 0.15)), (2, (0.7, 0.7))]

@@ -56,5 +56,5 @@ def test_update_target_uses_the_engine_gather(momentum):
     engine = LocalEngine(model, OptimConfig(), torch.device("cpu"))
     target = torch.nn.Linear(3, 3)
     before = target.weight.clone()
-    update_target(engine, target, momentum)
+    update_target(engine, target, momentum, source="encoder")
     torch.testing.assert_close(target.weight, momentum * before + (1 - momentum) * model.encoder.weight)

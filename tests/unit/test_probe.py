@@ -30,12 +30,12 @@ def test_probe_separates_separable_features_and_not_noise():
 
 
 def test_synthetic_probe_set_carries_metadata_labels_and_is_reproducible():
-    cfg = load_config(DEBUG, ["train.eval_every=2", "train.probe.label=num_objects", "train.probe.clips=12"])
-    clips_BTHWC, labels_B = probe_set(cfg.data, cfg.train.probe, seed=0)
+    cfg = load_config(DEBUG, ["train.eval_every=2", "monitor.probe.label=num_objects", "monitor.probe.clips=12"])
+    clips_BTHWC, labels_B = probe_set(cfg.data, cfg.monitor.probe, seed=0)
     assert clips_BTHWC.shape == (12, cfg.data.frames, cfg.data.crop, cfg.data.crop, 3)
     assert clips_BTHWC.dtype == torch.uint8 and labels_B.dtype == torch.int64
     assert 1 < len(set(labels_B.tolist())) <= cfg.data.synthetic.max_objects
-    again_BTHWC, again_B = probe_set(cfg.data, cfg.train.probe, seed=0)
+    again_BTHWC, again_B = probe_set(cfg.data, cfg.monitor.probe, seed=0)
     assert torch.equal(clips_BTHWC, again_BTHWC) and torch.equal(labels_B, again_B)
 
     from vwm.models.jepa import build_models
@@ -60,21 +60,21 @@ def _labelled_shard(path, n: int, meta_key: str = "direction", corrupt: int | No
 
 def test_shard_probe_set_reads_labels_and_skips_unreadable_videos(tmp_path):
     _labelled_shard(tmp_path / "probe-00000.tar", 10, corrupt=4)
-    cfg = load_config(DEBUG, ["train.eval_every=2", "train.probe.label=direction", "train.probe.clips=8",
-                              f"train.probe.paths=[{tmp_path}]"])
-    clips_BTHWC, labels_B = probe_set(cfg.data, cfg.train.probe, seed=0)
+    cfg = load_config(DEBUG, ["train.eval_every=2", "monitor.probe.label=direction", "monitor.probe.clips=8",
+                              f"monitor.probe.paths=[{tmp_path}]"])
+    clips_BTHWC, labels_B = probe_set(cfg.data, cfg.monitor.probe, seed=0)
     assert clips_BTHWC.shape[0] == 8 and len(labels_B) == 8  # 10 videos, one corrupt, 8 asked for
 
 
 def test_shard_without_the_label_fails_naming_the_file_and_key(tmp_path):
     _labelled_shard(tmp_path / "probe-00000.tar", 3, meta_key="motion")
-    cfg = load_config(DEBUG, ["train.eval_every=2", "train.probe.label=direction", f"train.probe.paths=[{tmp_path}]"])
+    cfg = load_config(DEBUG, ["train.eval_every=2", "monitor.probe.label=direction", f"monitor.probe.paths=[{tmp_path}]"])
     with pytest.raises(DataSourceError, match=r"probe-00000.tar.*no 'direction' in its metadata.*motion"):
-        probe_set(cfg.data, cfg.train.probe, seed=0)
+        probe_set(cfg.data, cfg.monitor.probe, seed=0)
 
 
 def test_probe_config_errors_say_how_to_fix():
     with pytest.raises(ConfigError, match="train.eval_every is not"):
-        load_config(DEBUG, ["train.probe.label=direction"])
-    with pytest.raises(ConfigError, match=r"label 'colour'.*train.probe.paths"):
-        load_config(DEBUG, ["train.eval_every=2", "train.probe.label=colour"])
+        load_config(DEBUG, ["monitor.probe.label=direction"])
+    with pytest.raises(ConfigError, match=r"label 'colour'.*monitor.probe.paths"):
+        load_config(DEBUG, ["train.eval_every=2", "monitor.probe.label=colour"])

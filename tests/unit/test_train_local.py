@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vwm.configfile import load_config
+from vwm.tasks.jepa import run_pretrain
 from vwm.train import checkpoint as ckpt
-from vwm.train.loop import run_local
 from tests.conftest import DEBUG_CONFIG
 
 
@@ -15,8 +15,12 @@ def _cfg(tmp_path, *extra):
     return load_config(DEBUG_CONFIG, [f"train.output_dir={tmp_path}", "train.device=cpu", *extra])
 
 
+def run_local(cfg, **kwargs):
+    return run_pretrain(cfg, local=True, progress=False, **kwargs).summary
+
+
 def test_loss_falls_clearly_without_collapse(tmp_path):
-    s = run_local(_cfg(tmp_path, "train.steps=50", "train.monitor_every=10"), progress=False)
+    s = run_local(_cfg(tmp_path, "train.steps=50", "monitor.every=10"))
     first, last = sum(s.losses[:5]) / 5, sum(s.losses[-5:]) / 5
     assert last < 0.7 * first, (first, last)
     stds = [m["repr/std"] for m in s.monitors]
@@ -27,36 +31,45 @@ def test_loss_falls_clearly_without_collapse(tmp_path):
 
 def test_run_writes_resolved_config_metrics_and_checkpoint(tmp_path):
     cfg = _cfg(tmp_path, "train.steps=6", "train.checkpoint_every=3", "train.keep_checkpoints=1")
-    s = run_local(cfg, progress=False)
-    assert load_config(s.run_dir / "config.yaml") == cfg
+    s = run_local(cfg)
+    saved = load_config(s.run_dir / "config.yaml")
+    assert saved.train.run_name == s.run_dir.name and saved.model == cfg.model and saved.optim == cfg.optim
     rows = [json.loads(line) for line in (s.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"train/loss", "train/lr", "train/ema_momentum", "repr/std", "repr/rankme"} <= set(rows[0])
     assert [p.name for p in ckpt.list_checkpoints(s.run_dir / "checkpoints")] == ["step_00000006"]
     assert not list((s.run_dir / "checkpoints").glob(".tmp-*"))
+    # the final checkpoint carries the world-model artifact, which loads on its own
+    import vwm
+
+    wm = vwm.load_world_model(s.last_checkpoint / "world_model")
+    assert wm.kind == "vjepa" and wm.manifest["format_version"] == 1
+    feats = wm.encode(torch.randint(0, 256, (8, 48, 80, 3), dtype=torch.uint8))  # any size: cropped and resized
+    assert feats.shape == (1, 4 * 8 * 8, 96) and torch.isfinite(feats).all()
 
 
 def test_resume_continues_the_same_loss_curve(tmp_path):
-    full = run_local(_cfg(tmp_path / "a", "train.steps=12"), progress=False)
+    full = run_local(_cfg(tmp_path / "a", "train.steps=12"))
     half = _cfg(tmp_path / "b", "train.steps=12", "train.checkpoint_every=6")
-    first = run_local(half, stop_at=6, progress=False)  # as if preempted after step 6
+    first = run_local(half, stop_at=6)  # as if preempted after step 6
     assert first.last_checkpoint.name == "step_00000006"
     meta = json.loads((first.last_checkpoint / "meta.json").read_text())
     assert meta == {"step": 6, "data_position": {"next_step": 6, "position": None}}
     # same run folder, full schedule: resume picks up the checkpoint at step 6
-    rest = run_local(half, resume=True, progress=False)
+    rest = run_local(half, resume=True)
     assert rest.start_step == 6 and rest.run_dir == first.run_dir
     torch.testing.assert_close(torch.tensor(first.losses[:6]), torch.tensor(full.losses[:6]), rtol=0, atol=1e-6)
     torch.testing.assert_close(torch.tensor(rest.losses), torch.tensor(full.losses[6:]), rtol=0, atol=1e-5)
 
 
 def test_a_fresh_run_never_writes_into_an_earlier_one(tmp_path):
-    a = run_local(_cfg(tmp_path, "train.steps=2"), progress=False)
-    b = run_local(_cfg(tmp_path, "train.steps=2"), progress=False)
-    assert b.run_dir != a.run_dir and b.run_dir.name == a.run_dir.name + "-1"
+    a = run_local(_cfg(tmp_path, "train.steps=2"))
+    b = run_local(_cfg(tmp_path, "train.steps=2"))
+    assert b.run_dir != a.run_dir and b.run_dir.name.startswith("debug_cpu-")
+    assert ckpt.latest_checkpoint(a.run_dir / "checkpoints").name == "step_00000002"
 
 
 def test_non_finite_loss_skips_the_update(tmp_path, monkeypatch):
-    import vwm.train.step as step_mod
+    import vwm.tasks.jepa as step_mod
 
     real = step_mod.jepa_loss
     calls = {"n": 0}
@@ -67,20 +80,20 @@ def test_non_finite_loss_skips_the_update(tmp_path, monkeypatch):
         return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(step_mod, "jepa_loss", sometimes_nan)
-    s = run_local(_cfg(tmp_path, "train.steps=3"), progress=False)
+    s = run_local(_cfg(tmp_path, "train.steps=3"))
     assert s.skipped_steps == 1
     assert torch.isnan(torch.tensor(s.losses[1])) and all(map(lambda v: v == v, [s.losses[0], s.losses[2]]))
 
 
 def test_non_finite_losses_in_a_row_stop_the_run_with_a_clear_error(tmp_path, monkeypatch):
-    import vwm.train.step as step_mod
-    from vwm.train.loop import NonFiniteLoss
+    import vwm.tasks.jepa as step_mod
+    from vwm.train.trainer import NonFiniteLoss
 
     monkeypatch.setattr(step_mod, "jepa_loss", lambda *a: torch.tensor(float("inf"), requires_grad=True))
     with pytest.raises(NonFiniteLoss, match=r"3 non-finite losses in a row .*train.max_nonfinite_steps"):
-        run_local(_cfg(tmp_path, "train.steps=10", "train.max_nonfinite_steps=3"), progress=False)
+        run_local(_cfg(tmp_path, "train.steps=10", "train.max_nonfinite_steps=3"))
 
 
 def test_gradient_accumulation_steps_once_per_k_micro_batches(tmp_path):
-    s = run_local(_cfg(tmp_path, "train.steps=3", "optim.grad_accumulation=2"), progress=False)
+    s = run_local(_cfg(tmp_path, "train.steps=3", "optim.grad_accumulation=2"))
     assert s.final_step == 3 and len(s.losses) == 6  # 3 optimizer steps of 2 micro-batches

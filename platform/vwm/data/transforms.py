@@ -1,4 +1,4 @@
-"""Clip transforms on uint8 frames, and normalisation to the model's float input on the device."""
+"""Clip transforms on uint8 frames (normalisation to the model's input: ``vwm.models.preprocess``)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from vwm.config import AugmentConfig
-
-# ImageNet statistics, as V-JEPA uses
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
 
 def resize_clip(clip_THWC: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of a uint8 clip to size x size."""
@@ -52,11 +47,3 @@ def augment_clip(clip_THWC: np.ndarray, size: int, cfg: AugmentConfig, rng: np.r
     if rng.random() < cfg.hflip:
         clip_THWC = clip_THWC[:, :, ::-1]
     return resize_clip(torch.from_numpy(np.ascontiguousarray(clip_THWC)), size).numpy()
-
-
-def normalize_clips(clips_BTHWC: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (B, T, H, W, C) -> normalised (B, C, T, H, W) in ``dtype``, on the clips' device."""
-    x = clips_BTHWC.permute(0, 4, 1, 2, 3).to(dtype).div_(255.0)
-    mean = torch.tensor(MEAN, dtype=dtype, device=x.device).view(1, 3, 1, 1, 1)
-    std = torch.tensor(STD, dtype=dtype, device=x.device).view(1, 3, 1, 1, 1)
-    return (x - mean) / std

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from vwm.config import DataConfig, ProbeConfig
 from vwm.data.synthetic import render, video_spec
-from vwm.data.transforms import normalize_clips, resize_clip
+from vwm.data.transforms import resize_clip
+from vwm.models.preprocess import normalize_clips
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ def shard_probe_set(data: DataConfig, probe: ProbeConfig, seed: int) -> tuple[to
                 continue
             if probe.label not in sample.meta:
                 raise DataSourceError(f"{sample.source}: no {probe.label!r} in its metadata (keys: "
-                                      f"{sorted(sample.meta)}); set train.probe.label to one of them, or "
-                                      "train.probe.paths to labelled shards")
+                                      f"{sorted(sample.meta)}); set monitor.probe.label to one of them, or "
+                                      "monitor.probe.paths to labelled shards")
             rng = np.random.default_rng([seed, zlib.crc32(sample.source.encode()), 0x9B0])
             try:
                 (clip_THWC,) = decode_clips(sample.video, frames=data.frames, frame_step=data.frame_step,
@@ -67,7 +68,7 @@ def shard_probe_set(data: DataConfig, probe: ProbeConfig, seed: int) -> tuple[to
     if skipped:
         log.warning("probe set: %d unreadable videos skipped", skipped)
     if len(set(map(str, labels))) < 2:
-        raise DataSourceError(f"train.probe.paths {probe.paths}: {len(clips)} readable labelled videos with "
+        raise DataSourceError(f"monitor.probe.paths {probe.paths}: {len(clips)} readable labelled videos with "
                               f"{len(set(map(str, labels)))} distinct {probe.label!r} values; a probe needs two or more")
     return torch.stack(clips), labels
 
@@ -85,7 +86,7 @@ def probe_set(data: DataConfig, probe: ProbeConfig, seed: int) -> tuple[torch.Te
 def pooled_features(target: torch.nn.Module, clips_BTHWC: torch.Tensor, grid: tuple[int, int, int],
                     device: torch.device, batch_size: int = 32) -> torch.Tensor:
     """(B, T' * D): target features averaged over each time slot's spatial tokens."""
-    from vwm.train.loss import target_features
+    from vwm.models.jepa import target_features
 
     out = []
     for chunk in clips_BTHWC.split(batch_size):

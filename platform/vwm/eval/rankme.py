@@ -32,8 +32,8 @@ def token_sample(features_BND: torch.Tensor, max_rows: int = 2048) -> torch.Tens
 @torch.no_grad()
 def heldout_rankme(target: torch.nn.Module, clips_BTHWC: torch.Tensor, device: torch.device) -> dict[str, float]:
     """Label-free quality of the target encoder: RankMe and std of its token features on held-out clips."""
-    from vwm.data.transforms import normalize_clips
-    from vwm.train.loss import target_features
+    from vwm.models.jepa import target_features
+    from vwm.models.preprocess import normalize_clips
 
     rows_ND = token_sample(target_features(target, normalize_clips(clips_BTHWC.to(device))))
     return {"eval/rankme": rankme(rows_ND), "eval/std": feature_std(rows_ND)}

@@ -92,6 +92,18 @@ def empty_context_rate(s: MaskSetConfig, grid: Grid, draws: int = 64) -> float:
     return empty / draws
 
 
+def context_problems(sets: list[MaskSetConfig], grid: Grid) -> list[str]:
+    """One message per mask set that too often leaves the context encoder no visible token."""
+    problems = []
+    for i, s in enumerate(sets):
+        rate = empty_context_rate(s, grid)
+        if rate > 0.2:
+            problems.append(f"mask.sets.{i} (num_blocks={s.num_blocks}, spatial_scale={list(s.spatial_scale)}) "
+                            f"masks every token of the {grid[1]}x{grid[2]} grid in {rate:.0%} of draws and "
+                            "leaves no context; lower spatial_scale or num_blocks")
+    return problems
+
+
 def sample_masks(sets: list[MaskSetConfig], grid: Grid, batch_size: int, *, seed: int, epoch: int, step: int,
                  rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Masks for one batch: one (context, target) index pair per mask set."""

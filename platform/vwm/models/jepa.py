@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vwm.config import ModelConfig
@@ -35,6 +36,13 @@ def build_models(cfg: ModelConfig, frames: int, crop: int, num_mask_sets: int) -
     target = copy.deepcopy(jepa.encoder)
     target.requires_grad_(False)
     return jepa, target
+
+
+@torch.no_grad()
+def target_features(target_encoder: nn.Module, clips_BCTHW: torch.Tensor) -> torch.Tensor:
+    """EMA encoder on the full clip, layer-normed without affine parameters, as V-JEPA's targets."""
+    h_BND = target_encoder(clips_BCTHW)
+    return F.layer_norm(h_BND, (h_BND.shape[-1],))
 
 
 def count_params(module: nn.Module) -> int:

@@ -6,6 +6,7 @@ the server goes away, the thread warns, keeps the metrics, and sends them when t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -95,32 +96,33 @@ class MLflowTracker:
             (Path(d) / name).write_text(text)
             self.client.log_artifact(self.run_id, str(Path(d) / name))
 
-    def register_model(self, model_dir: str | Path, name: str, alias: str | None = None) -> str:
-        """Log ``model_dir`` as the run's ``world_model`` artifact and register a new version of ``name``;
-        returns ``models:/name@latest`` (vwm's name for the newest version), or ``@alias`` if one is set."""
-        self.client.log_artifacts(self.run_id, str(model_dir), "world_model")
-        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/world_model"
-        try:
-            self.client.create_registered_model(name)
-        except mlflow.exceptions.MlflowException as e:
-            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
-                raise
-        version = self.client.create_model_version(name, source=source, run_id=self.run_id)
-        self.set_tags({"registered_model": f"models:/{name}/{version.version}"})
-        if alias:
-            self.client.set_registered_model_alias(name, alias, version.version)
-            return f"models:/{name}@{alias}"
-        return f"models:/{name}@latest"
+    def log_dict(self, data: dict | list, name: str) -> None:
+        self.log_text(json.dumps(data, indent=1, default=str), name)
 
-    def mark_stopped_children(self, failed_trials: set[str]) -> int:
+    def log_table(self, rows: list[dict], name: str) -> None:
+        """Rows as MLflow's table artifact (a JSON of columns), which the UI's artifact view renders."""
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        self.log_text(json.dumps({"columns": columns, "data": [[r.get(c) for c in columns] for r in rows]},
+                                 default=str), name)
+
+    def log_summary(self, metrics: dict[str, float]) -> None:
+        self.flush()
+        self.client.log_batch(self.run_id, metrics=[Metric(f"summary/{k}", float(v), int(time.time() * 1000), 0)
+                                                    for k, v in metrics.items()])
+
+    def child(self, run_name: str, tags: dict[str, str] | None = None) -> MLflowTracker:
+        return MLflowTracker(self.cfg, run_name=run_name, tracking_uri=self.uri,
+                             tags={**(tags or {}), "mlflow.parentRunId": self.run_id})
+
+    def end_stopped_children(self, failed: set[str]) -> int:
         """Nested runs of trials a scheduler stopped or paused end as KILLED, tagged ``stopped_by``: such a
         run was left RUNNING (its process was killed) or FAILED on its killed trainer. Runs of the trials
-        in ``failed_trials`` (Tune's ids of errored trials) keep their FAILED status."""
+        in ``failed`` (Tune's ids of errored trials) keep their FAILED status."""
         experiment = self.client.get_run(self.run_id).info.experiment_id
         children = self.client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'")
         marked = 0
         for child in children:
-            stopped = child.data.tags.get("trial_id") not in failed_trials and child.info.status == "FAILED"
+            stopped = child.data.tags.get("trial_id") not in failed and child.info.status == "FAILED"
             if child.info.status == "RUNNING" or stopped:
                 self.client.set_tag(child.info.run_id, "stopped_by", "scheduler")
                 self.client.set_terminated(child.info.run_id, status="KILLED")
@@ -167,13 +169,41 @@ class MLflowTracker:
             self.client.set_terminated(self.run_id, status=status)
 
 
+class MLflowRegistry:
+    """The model registry of an MLflow server: versions of a named model, each with an alias."""
+
+    def __init__(self, cfg: TrackingConfig, tracking_uri: str | None = None):
+        self.uri = tracking_uri or resolve_tracking_uri(cfg)
+        self.client = MlflowClient(self.uri)
+
+    def register(self, handle: dict, directory: str | Path, name: str, alias: str | None = None,
+                 description: str | None = None) -> str:
+        """Log ``directory`` as the run's ``world_model`` artifact, register it as a new version of ``name``,
+        point ``alias`` at it; returns the exact ``models:/NAME/VERSION``."""
+        run_id = handle["run_id"]
+        self.client.log_artifacts(run_id, str(directory), "world_model")
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        version = mlflow.register_model(f"runs:/{run_id}/world_model", name, await_registration_for=60).version
+        if description:
+            self.client.update_model_version(name, version, description=description)
+        if alias:
+            self.client.set_registered_model_alias(name, alias, version)
+        self.client.set_tag(run_id, "registered_model", f"models:/{name}/{version}")
+        return f"models:/{name}/{version}"
+
+    def download(self, uri: str) -> Path:
+        return download_artifacts(uri, self.uri)
+
+
 def download_artifacts(uri: str, tracking_uri: str | None = None) -> Path:
     """A local folder with the contents of a ``models:/``, ``runs:/`` or artifact URI.
 
     MLflow reserves the alias ``latest``; ``models:/NAME@latest`` is read as its ``models:/NAME/latest``.
     """
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+    uri_ = tracking_uri or resolve_tracking_uri(TrackingConfig())
+    mlflow.set_tracking_uri(uri_)
+    mlflow.set_registry_uri(uri_)
     if uri.startswith("models:/") and uri.lower().endswith("@latest"):
         uri = uri[: -len("@latest")] + "/latest"
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))

@@ -1,4 +1,8 @@
-"""The Tracker interface, a no-op, and a JSON-lines tracker that needs no server."""
+"""The Tracker interface and the backends that need no server: no-op, JSON lines, and in-memory.
+
+Callers use only this interface (the MLflow backend lives in ``vwm.tracking.mlflow``); ``make_tracker``
+starts a run, ``attach_tracker`` logs into a run another process started, from its ``handle()``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,13 @@ from vwm.config import TrackingConfig
 class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_dict(self, data: dict | list, name: str) -> None: ...  # a JSON file in the run
+    def log_table(self, rows: list[dict], name: str) -> None: ...  # rows of one schema, e.g. per-episode results
+    def log_summary(self, metrics: dict[str, float]) -> None: ...  # final values of the run
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def child(self, run_name: str, tags: dict[str, str] | None = None) -> Tracker: ...  # a nested run
+    def end_stopped_children(self, failed: set[str]) -> int: ...  # children left running: ended as KILLED
     def close(self, status: str = "FINISHED") -> None: ...
     def flush(self) -> None: ...  # send buffered metrics now
     def handle(self) -> dict: ...  # what a worker process needs to log into the same run
@@ -27,8 +37,26 @@ class NoopTracker:
     def log_metrics(self, metrics, step):
         pass
 
+    def set_tags(self, tags):
+        pass
+
+    def log_dict(self, data, name):
+        pass
+
+    def log_table(self, rows, name):
+        pass
+
+    def log_summary(self, metrics):
+        pass
+
     def log_artifact(self, path, artifact_path=None):
         pass
+
+    def child(self, run_name, tags=None):
+        return NoopTracker()
+
+    def end_stopped_children(self, failed):
+        return 0
 
     def close(self, status="FINISHED"):
         pass
@@ -40,26 +68,90 @@ class NoopTracker:
         return {"backend": "none"}
 
 
-class JsonlTracker:
-    """Metrics as one JSON object per line in ``run_dir/metrics.jsonl``; params in ``params.json``."""
+class DictTracker(NoopTracker):
+    """Everything in memory, for tests and notebooks: ``metrics[name] -> [(step, value)]``."""
+
+    def __init__(self, run_name: str = "run", tags: dict[str, str] | None = None):
+        self.run_name, self.tags = run_name, dict(tags or {})
+        self.params: dict[str, Any] = {}
+        self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.files: dict[str, Any] = {}
+        self.summary: dict[str, float] = {}
+        self.children: list[DictTracker] = []
+        self.status: str | None = None
+
+    def log_params(self, params):
+        self.params.update(params)
+
+    def log_metrics(self, metrics, step):
+        for k, v in metrics.items():
+            self.metrics.setdefault(k, []).append((step, float(v)))
+
+    def set_tags(self, tags):
+        self.tags.update({k: str(v) for k, v in tags.items()})
+
+    def log_dict(self, data, name):
+        self.files[name] = json.loads(json.dumps(data, default=str))
+
+    def log_table(self, rows, name):
+        self.files[name] = [dict(r) for r in rows]
+
+    def log_summary(self, metrics):
+        self.summary.update({k: float(v) for k, v in metrics.items()})
+
+    def child(self, run_name, tags=None):
+        self.children.append(DictTracker(run_name, tags))
+        return self.children[-1]
+
+    def close(self, status="FINISHED"):
+        self.status = status
+
+    def handle(self):
+        return {"backend": "dict", "run_name": self.run_name}
+
+
+class JsonlTracker(NoopTracker):
+    """Metrics as one JSON object per line in ``run_dir/metrics.jsonl``; params, tags, summary and logged
+    dicts as JSON files beside it; a child run is a subfolder."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = (self.run_dir / "metrics.jsonl").open("a")
 
+    def _update_json(self, name: str, values: dict) -> None:
+        path = self.run_dir / name
+        current = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**current, **values}, indent=1, sort_keys=True, default=str))
+
     def log_params(self, params):
-        (self.run_dir / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True, default=str))
+        self._update_json("params.json", params)
 
     def log_metrics(self, metrics, step):
         self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
         self._metrics.flush()
 
-    def log_artifact(self, path, artifact_path=None):
-        pass  # the run's files already live in run_dir; checkpoints stay where Ray stored them
+    def set_tags(self, tags):
+        self._update_json("tags.json", tags)
+
+    def log_dict(self, data, name):
+        (self.run_dir / name).write_text(json.dumps(data, indent=1, default=str))
+
+    def log_table(self, rows, name):
+        (self.run_dir / name).write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+    def log_summary(self, metrics):
+        self._update_json("summary.json", metrics)
+
+    def child(self, run_name, tags=None):
+        child = JsonlTracker(self.run_dir / run_name)
+        if tags:
+            child.set_tags(tags)
+        return child
 
     def close(self, status="FINISHED"):
         self._metrics.close()
+        self._update_json("tags.json", {"status": status})
 
     def flush(self):
         self._metrics.flush()
@@ -72,7 +164,10 @@ def make_tracker(cfg: TrackingConfig, run_dir: str | Path, *, run_name: str | No
                  tags: dict[str, str] | None = None) -> Tracker:
     """A new run's tracker (on the driver, or the single process of a local run)."""
     if cfg.backend == "jsonl":
-        return JsonlTracker(run_dir)
+        tracker = JsonlTracker(run_dir)
+        if tags:
+            tracker.set_tags(tags)
+        return tracker
     if cfg.backend == "mlflow":
         from vwm.tracking.mlflow import MLflowTracker
 
@@ -92,3 +187,18 @@ def attach_tracker(cfg: TrackingConfig, handle: dict, owner: bool = False) -> Tr
         tracker.owns_run = owner
         return tracker
     return NoopTracker()
+
+
+def nested_under(parent: dict) -> dict[str, str]:
+    """Tags that make a run started in another process (a sweep's trial) a child of ``parent``'s run."""
+    return {"mlflow.parentRunId": parent["run_id"]} if parent.get("backend") == "mlflow" else {}
+
+
+def describe(handle: dict) -> list[str]:
+    """Lines telling a person where a run's records are."""
+    if handle.get("backend") == "mlflow":
+        return [f"MLflow run {handle['run_id']} at {handle['tracking_uri']}",
+                f"browse it: mlflow ui --backend-store-uri {handle['tracking_uri']}"]
+    if handle.get("backend") == "jsonl":
+        return [f"metrics: {handle['run_dir']}/metrics.jsonl"]
+    return []

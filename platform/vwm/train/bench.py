@@ -13,17 +13,17 @@ from pathlib import Path
 import torch
 
 from vwm.benchreport import write_block
-from vwm.config import BenchTrainConfig, RunConfig
+from vwm.config import BenchTrainConfig, PretrainConfig, with_overrides
 from vwm.configfile import load_config
 from vwm.masks.collate import MaskCollator
-from vwm.models.jepa import build_models
+from vwm.models.jepa import build_models, target_features
+from vwm.models.preprocess import normalize_clips
 from vwm.models.vit import token_grid
-from vwm.train.loop import seed_everything, synthetic_batches
-from vwm.train.loss import jepa_loss, target_features
-from vwm.data.transforms import normalize_clips
+from vwm.tasks.jepa import jepa_loss, synthetic_batches
+from vwm.train.trainer import seed_everything
 
 
-def bare_loop(cfg: RunConfig, steps: int, warmup: int) -> list[float]:
+def bare_loop(cfg: PretrainConfig, steps: int, warmup: int) -> list[float]:
     """The reference: plain PyTorch AdamW + EMA, no engine, no Ray; batches made before the clock starts."""
     seed_everything(cfg.train.seed)
     jepa, target = build_models(cfg.model, cfg.data.frames, cfg.data.crop, len(cfg.mask.sets))
@@ -46,16 +46,15 @@ def bare_loop(cfg: RunConfig, steps: int, warmup: int) -> list[float]:
     return times[warmup:]
 
 
-def ours(cfg: RunConfig, stage: int, bench: BenchTrainConfig, out: Path) -> list[float]:
-    from vwm.train.launch import run_pretrain
+def ours(cfg: PretrainConfig, stage: int, bench: BenchTrainConfig, out: Path) -> list[float]:
+    from vwm.tasks.jepa import run_pretrain
 
-    run = cfg.model_copy(update={
-        "dist": cfg.dist.model_copy(update={"num_workers": 1, "zero_stage": stage, "storage_path": str(out / "ray"),
-                                            "cpus_per_worker": bench.cpus_per_worker, "checksum_every": bench.steps}),
-        "train": cfg.train.model_copy(update={"steps": bench.steps, "log_every": 1, "checkpoint_every": bench.steps,
-                                              "monitor_every": bench.steps, "output_dir": str(out),
-                                              "run_name": f"bench-zero{stage}"}),
-        "tracking": cfg.tracking.model_copy(update={"backend": "jsonl"})})
+    run = with_overrides(cfg, {
+        "dist.num_workers": 1, "dist.zero_stage": stage, "dist.storage_path": str(out / "ray"),
+        "dist.cpus_per_worker": bench.cpus_per_worker, "dist.checksum_every": bench.steps,
+        "train.steps": bench.steps, "train.log_every": 1, "train.checkpoint_every": bench.steps,
+        "monitor.every": bench.steps, "train.output_dir": str(out), "train.run_name": f"bench-zero{stage}",
+        "tracking.backend": "jsonl"})
     result = run_pretrain(run)
     rows = [json.loads(line) for line in (out / result.name / "metrics.jsonl").read_text().splitlines()]
     return [r["perf/step_s"] for r in rows if "perf/step_s" in r][bench.warmup:-1]  # the last step checkpoints

@@ -1,9 +1,13 @@
-"""Checkpoint contents and local storage.
+"""Checkpoints: one writer and one reader for every task, in-process and distributed runs alike.
 
 A checkpoint folder holds the engine's state (``engine.pt``, or DeepSpeed's per-rank shards under
-``engine/``), the EMA target (``target.pt``, rank 0: it is identical on every rank), ``meta.json`` (step and
-data position) and one ``rng_rank{R}.pt`` per rank, so ranks never write files of the same name. Locally a
-checkpoint is written to a temporary folder and renamed into place: complete or absent.
+``engine/``), the task's own state (``task.pt``, rank 0: e.g. the EMA target, identical on every rank),
+``meta.json`` (step and data position), one ``rng_rank{R}.pt`` per rank (ranks never write files of the same
+name), and in the run's final checkpoint the world-model artifact under ``world_model/``.
+
+In-process runs keep checkpoints under ``RUN_DIR/checkpoints/step_XXXXXXXX``, written to a temporary folder
+and renamed into place (complete or absent). Distributed runs hand the same folder to Ray, which stores it
+under ``dist.storage_path/RUN_NAME/checkpoint_*`` (local or s3://).
 """
 
 from __future__ import annotations
@@ -19,32 +23,77 @@ import numpy as np
 import torch
 
 _PREFIX = "step_"
+TASK_FILE = "task.pt"
+META_FILE = "meta.json"
+ARTIFACT_DIR = "world_model"
 
 
-def write_state(directory: Path, engine, target: torch.nn.Module, *, rank: int, step: int,
-                position: tuple[int, int] | None) -> None:
-    """Every rank calls this (the engine save may be collective)."""
+def write_checkpoint(directory: Path, engine, task, *, rank: int, step: int, position, final: bool) -> None:
+    """Every rank calls this: the engine's save (and under ZeRO-3 the export's gather) is collective."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     engine.save(directory)
+    module_state = engine.module_state() if final else None
     if rank == 0:
-        torch.save(target.state_dict(), directory / "target.pt")
-        (directory / "meta.json").write_text(json.dumps({"step": step, "data_position": {
+        torch.save(task.state_dict(), directory / TASK_FILE)
+        (directory / META_FILE).write_text(json.dumps({"step": step, "data_position": {
             "next_step": step, "position": list(position) if position else None}}))
+        if final:
+            task.export(directory / ARTIFACT_DIR, module_state)
     torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
 
 
-def load_extras(directory: Path, *, rank: int, target: torch.nn.Module) -> dict:
-    """Restore the target and this rank's RNG streams; returns meta (step, data position)."""
+def read_checkpoint(directory: Path, engine, task, *, rank: int) -> tuple[int, tuple[int, int] | None]:
+    """Restore engine, task and this rank's RNG streams; returns (step, data position) to continue from."""
     directory = Path(directory)
-    target.load_state_dict(torch.load(directory / "target.pt", map_location="cpu", weights_only=True))
+    if not (directory / META_FILE).is_file():
+        raise FileNotFoundError(f"checkpoint {directory} has no {META_FILE}: it was deleted or never finished; "
+                                "start without it or from another checkpoint")
+    if not (directory / TASK_FILE).is_file():
+        raise FileNotFoundError(f"checkpoint {directory} has no {TASK_FILE}: an older vwm wrote it; resume it "
+                                "with that version or start a fresh run")
+    engine.load(directory)
+    task.load_state_dict(torch.load(directory / TASK_FILE, map_location="cpu", weights_only=True))
     rng_file = directory / f"rng_rank{rank}.pt"
     if rng_file.is_file():  # absent when resuming on more ranks than saved: streams are keyed anyway
         set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = read_meta(directory)
+    return meta["step"], meta["data_position"]["position"]
+
+
+def read_meta(directory: Path) -> dict:
+    meta = json.loads((Path(directory) / META_FILE).read_text())
     pos = meta["data_position"].get("position")
     meta["data_position"]["position"] = tuple(pos) if pos else None
     return meta
+
+
+def latest_meta(root: str) -> dict | None:
+    """``meta.json`` of the newest complete checkpoint under ``root``: an in-process run's ``checkpoints``
+    folder or a distributed run's storage folder (a local path or a Ray storage URI such as
+    ``s3://bucket/runs/NAME?endpoint_override=...``). The driver reads it to start the data where it stopped."""
+    import pyarrow.fs as pafs
+
+    if "://" in root:
+        fs, path = pafs.FileSystem.from_uri(root)
+    else:
+        fs, path = pafs.LocalFileSystem(), str(Path(root).resolve())
+    best = None
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        name = info.path.rsplit("/", 1)[-1]
+        if info.type != pafs.FileType.Directory or not name.startswith((_PREFIX, "checkpoint_")):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{META_FILE}") as f:
+                meta = json.loads(f.read())
+        except (FileNotFoundError, OSError, ValueError):
+            continue  # a checkpoint still being written, or deleted under us
+        if best is None or meta["step"] > best["step"]:
+            best = meta
+    if best is not None:
+        pos = best["data_position"].get("position")
+        best["data_position"]["position"] = tuple(pos) if pos else None
+    return best
 
 
 def save_local(root: str | Path, step: int, keep: int, write: Callable[[Path], None]) -> Path:
@@ -67,13 +116,27 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / "meta.json").is_file()]
+    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / META_FILE).is_file()]
     return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+class LocalSink:
+    """Checkpoints of an in-process run: written by ``write_checkpoint`` into ``root``, newest ``keep`` kept."""
+
+    def __init__(self, root: Path, engine, task, *, keep: int, total_steps: int):
+        self.root, self.engine, self.task, self.keep, self.total_steps = root, engine, task, keep, total_steps
+
+    def save(self, done: int, position, metrics: dict) -> Path:
+        return save_local(self.root, done, self.keep, lambda d: write_checkpoint(
+            d, self.engine, self.task, rank=0, step=done, position=position, final=done == self.total_steps))
+
+    def report(self, done: int, metrics: dict) -> None:
+        pass  # nobody to report to in-process: metrics already went to the tracker
 
 
 def rng_state() -> dict:

@@ -1,23 +1,19 @@
-"""Ray Train worker helpers: checkpoints reported to Ray, rank reductions, per-rank batches, rank-0 tracker."""
+"""The Ray Train worker: the shared trainer under DeepSpeed, checkpoints reported to Ray, rank reductions."""
 
 from __future__ import annotations
 
-import itertools
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
-import ray
 import ray.train
 import torch
 import torch.distributed as dist
 
-from vwm.config import RunConfig
-from vwm.eval.world_model import save_world_model
-from vwm.masks.collate import Batch, MaskCollator
-from vwm.models.vit import token_grid
-from vwm.tracking.tracker import attach_tracker
+from vwm.tracking.tracker import NoopTracker, attach_tracker
 from vwm.train import checkpoint as ckpt
+from vwm.train.trainer import RunEnv, Trainer, resolve_device, seed_everything
 
 
 def all_reduce_mean(x: float) -> float:
@@ -26,78 +22,72 @@ def all_reduce_mean(x: float) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
-class RayCheckpointer:
+def earliest_position(position):
+    """The earliest (epoch, file) any rank is reading: resuming there skips no file any rank had not finished
+    (a few files' clips are seen twice instead). Collective."""
+    positions = [None] * dist.get_world_size()
+    dist.all_gather_object(positions, tuple(position) if position else None)
+    known = [p for p in positions if p is not None]
+    return min(known) if known else None
+
+
+class RaySink:
     """Every rank writes its part into a local folder and reports it; Ray merges the ranks' files into one
     checkpoint in the run's storage (local or s3://) and keeps the newest ``train.keep_checkpoints``."""
 
-    def __init__(self, cfg: RunConfig, engine, target: torch.nn.Module, rank: int):
-        self.cfg, self.engine, self.target, self.rank = cfg, engine, target, rank
+    def __init__(self, engine, task, *, rank: int, total_steps: int):
+        self.engine, self.task, self.rank, self.total_steps = engine, task, rank, total_steps
 
-    def restore(self, init_from: ray.train.Checkpoint | None = None) -> tuple[int, tuple[int, int] | None]:
-        """This run's own latest checkpoint (after a restart), else ``init_from`` (another run's: PBT clones
-        a better trial's), else nothing: (step, data position) to start from."""
-        checkpoint = ray.train.get_checkpoint() or init_from
-        if checkpoint is None:
-            return 0, None
-        with checkpoint.as_directory() as d:
-            if not (Path(d) / "meta.json").is_file():
-                raise FileNotFoundError(f"checkpoint {checkpoint.path} has no meta.json: it was deleted or never "
-                                        "finished; start without it or from another checkpoint")
-            self.engine.load(Path(d))
-            meta = ckpt.load_extras(Path(d), rank=self.rank, target=self.target)
-        how = "resumed" if checkpoint is not init_from else "initialised"
-        print(f"[vwm] rank {self.rank} {how} from {checkpoint.path} at step {meta['step']}", flush=True)
-        return meta["step"], meta["data_position"]["position"]
-
-    def save(self, done: int, batch: Batch, metrics: dict) -> Path | None:
+    def save(self, done: int, position, metrics: dict) -> None:
+        position = earliest_position(position)
         tmp = Path(tempfile.mkdtemp(prefix="vwm-ckpt-"))
         d = tmp / f"step_{done:08d}"
         try:
-            ckpt.write_state(d, self.engine, self.target, rank=self.rank, step=done, position=batch.position)
-            if done == self.cfg.train.steps:
-                self._export_world_model(d / "world_model")
+            ckpt.write_checkpoint(d, self.engine, self.task, rank=self.rank, step=done, position=position,
+                                  final=done == self.total_steps)
             ray.train.report({"step": done, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return None
 
-    def _export_world_model(self, directory: Path) -> None:
-        state = self.engine.module_state()  # every rank: a gather under ZeRO-3
-        if self.rank != 0:
-            return
-        predictor = {k[len("predictor."):]: v for k, v in state.items() if k.startswith("predictor.")}
-        save_world_model(directory, model_config=self.cfg.model, frames=self.cfg.data.frames,
-                         crop=self.cfg.data.crop, num_mask_sets=len(self.cfg.mask.sets),
-                         encoder_state={k: v.detach().cpu() for k, v in self.target.state_dict().items()},
-                         predictor_state=predictor)
+    def report(self, done: int, metrics: dict) -> None:
+        ray.train.report(metrics)
 
 
-def worker_batches(cfg: RunConfig, rank: int, start_step: int, position):
-    """This rank's batches and a skipped-video counter. Synthetic: keyed by (seed, step, rank), resumed
-    exactly. Shards: this worker's split of the Ray Data pipeline, passed over again if it runs dry."""
-    from vwm.train.loop import synthetic_batches
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: typed config -> seed -> task -> DeepSpeed -> restore -> Trainer.fit."""
+    task_cls = config["task"]
+    cfg = task_cls.config_cls.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device, autocast_dtype = resolve_device(cfg.train)
+    if device.type == "cuda":
+        torch.cuda.set_device(ctx.get_local_rank())
+        device = torch.device("cuda", ctx.get_local_rank())
+    seed_everything(cfg.train.seed)  # same init on every rank; tasks broadcast their EMA parts anyway
+    task = task_cls(cfg, rank=rank, device=device, run_name=cfg.train.run_name, provenance=config["provenance"])
+    module = task.build()
+    if device.type == "cpu":
+        os.environ["DS_ACCELERATOR"] = "cpu"  # read when deepspeed is first imported, just below
+    from vwm.train.engine import DeepSpeedEngine
 
-    t, acc = cfg.train, cfg.optim.grad_accumulation
-    collate = MaskCollator(cfg.mask, token_grid(cfg.model, cfg.data.frames, cfg.data.crop), seed=t.seed,
-                           rank=rank, steps_per_epoch=t.steps_per_epoch, start_step=start_step * acc)
-    if cfg.data.source == "synthetic":
-        return synthetic_batches(cfg, collate, start_step * acc, rank), lambda: 0
-    from vwm.data.pipeline import clip_batches
-
-    shard = ray.train.get_dataset_shard("train")
-    ledger = ray.get_actor(ledger_name(cfg), namespace="vwm")
-
-    def stream():
-        for pass_index in itertools.count():
-            yield from clip_batches(shard, collate, cfg.data, seed=t.seed, rank=rank, pass_index=pass_index)
-
-    return stream(), lambda: ray.get(ledger.count.remote())
-
-
-def ledger_name(cfg: RunConfig) -> str:
-    return f"skips-{cfg.train.run_name}"
-
-
-def make_worker_tracker(config: dict, rank: int):
-    cfg = RunConfig.model_validate(config["cfg"])
-    return attach_tracker(cfg.tracking, config["tracker"])
+    engine = DeepSpeedEngine(module, cfg.optim, cfg.dist, task.samples_per_batch, autocast_dtype is not None, device)
+    start_step, position = 0, None
+    checkpoint = ray.train.get_checkpoint() or config.get("init_from")  # PBT: a better trial's checkpoint
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            start_step, position = ckpt.read_checkpoint(Path(d), engine, task, rank=rank)
+        how = "initialised" if checkpoint is config.get("init_from") else "resumed"
+        print(f"[vwm] rank {rank} {how} from {checkpoint.path} at step {start_step}", flush=True)
+    shard = ray.train.get_dataset_shard("train") if config["has_dataset"] else None
+    acc = cfg.optim.grad_accumulation
+    batches, skipped_videos = task.batches(start_step * acc, position, shard)
+    tracker = attach_tracker(cfg.tracking, config["tracker"]) if rank == 0 else NoopTracker()
+    env = RunEnv(rank=rank, device=device, autocast_dtype=autocast_dtype, tracker=tracker,
+                 sink=RaySink(engine, task, rank=rank, total_steps=cfg.train.steps), skipped_videos=skipped_videos,
+                 mean_across_ranks=all_reduce_mean, progress=False, name=cfg.train.run_name)
+    try:
+        end = min(config.get("stop_at") or cfg.train.steps, cfg.train.steps)
+        Trainer(cfg, task, engine, env).fit(batches, start_step=start_step, end_step=end)
+    finally:
+        tracker.close()

@@ -1,4 +1,4 @@
-"""The EMA target encoder: updated from the online encoder, never by gradients."""
+"""EMA targets: a copy of a trained submodule, updated from it by a moving average, never by gradients."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def checksum(module: nn.Module | list[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def update_target(engine, target: nn.Module, momentum: float) -> None:
-    """EMA step from the online encoder, gathered first where ZeRO-3 has partitioned it."""
-    with engine.gathered_encoder_params() as online:
+def update_target(engine, target: nn.Module, momentum: float, source: str) -> None:
+    """EMA step from the engine's ``source`` submodule, gathered first where ZeRO-3 has partitioned it."""
+    with engine.gathered_params(source) as online:
         ema_update(target, online, momentum)
 
 
@@ -53,15 +53,15 @@ class ReplicaMismatch(RuntimeError):
 
 
 @torch.no_grad()
-def assert_identical_across_ranks(target: nn.Module, step: int, engine=None) -> torch.Tensor:
-    """All-gather checksums of the EMA target (and of the online encoder, when ``engine`` is given) and
-    fail loudly if any rank differs; returns this rank's target checksum."""
+def assert_identical_across_ranks(target: nn.Module, step: int, engine=None, source: str = "") -> torch.Tensor:
+    """All-gather checksums of the EMA target (and of the engine's ``source`` submodule, when ``engine`` is
+    given) and fail loudly if any rank differs; returns this rank's target checksum."""
     local = checksum(target)
     if not _distributed():
         return local
     online = torch.zeros(2, dtype=torch.float64)
     if engine is not None:
-        with engine.gathered_encoder_params() as params:
+        with engine.gathered_params(source) as params:
             online = checksum(params)
     mine = torch.cat((local, online))
     device = next(target.parameters()).device

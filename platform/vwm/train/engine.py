@@ -1,10 +1,11 @@
 """Optimisation engines behind one interface, so the training step is written once.
 
-``LocalEngine`` is plain PyTorch AdamW in one process; ``DeepSpeedEngine`` wraps encoder + predictor in a
-DeepSpeed ZeRO engine (stage 0-3). This is the only module that imports deepspeed.
+``LocalEngine`` is plain PyTorch AdamW in one process; ``DeepSpeedEngine`` wraps a task's trainable module in
+a DeepSpeed ZeRO engine (stage 0-3). This is the only module that imports deepspeed.
 
-The interface the step uses: ``engine(clips, masks)``, ``all_finite(loss)``, ``backward(loss)``,
-``step(lr, wd)``, ``skip()``, ``gathered_encoder_params()``, ``save(dir)`` / ``load(dir)``.
+The interface the trainer and tasks use: ``engine(*inputs)`` (the module's forward), ``all_finite(loss)``,
+``backward(loss)``, ``step(lr, wd)``, ``skip()``, ``gathered_params(submodule)`` (full parameters of a
+submodule, gathered where ZeRO-3 partitions them), ``module_state()``, ``save(dir)`` / ``load(dir)``.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ class LocalEngine:
             self.optimizer.zero_grad(set_to_none=True)
 
     @contextlib.contextmanager
-    def gathered_encoder_params(self):
-        yield list(self.module.encoder.parameters())
+    def gathered_params(self, submodule: str):
+        yield list(self.module.get_submodule(submodule).parameters())
 
     def module_state(self) -> dict:
         return _cpu_state(self.module)
@@ -110,7 +111,7 @@ def deepspeed_config(optim: OptimConfig, dist_cfg: DistConfig, micro_batch: int,
 
 
 class DeepSpeedEngine:
-    """Encoder + predictor in one DeepSpeed engine; the EMA target stays outside it (see train/ema.py)."""
+    """A task's trainable module in one DeepSpeed engine; frozen and EMA parts stay outside it."""
 
     def __init__(self, model: nn.Module, optim: OptimConfig, dist_cfg: DistConfig, micro_batch: int,
                  bf16: bool, device: torch.device):
@@ -150,8 +151,8 @@ class DeepSpeedEngine:
         self.engine.zero_grad()
 
     @contextlib.contextmanager
-    def gathered_encoder_params(self):
-        params = list(self.module.encoder.parameters())
+    def gathered_params(self, submodule: str):
+        params = list(self.module.get_submodule(submodule).parameters())
         if self.zero_stage == 3:
             # every rank must enter: the gather is collective
             with self._deepspeed.zero.GatheredParameters(params, modifier_rank=None):

@@ -1,147 +1,220 @@
-"""``run_pretrain``: the driver of distributed pretraining (Ray Data -> Ray Train + DeepSpeed -> MLflow)."""
+"""``run_training``: the one driver of every training job, in-process (``local=True``) or on Ray Train.
+
+Both paths share the run folder (``train.output_dir/NAME``: resolved config, tracker handle, in-process
+checkpoints), the run-naming scheme, the checkpoint writer and reader, resume with the data position, and
+publishing (checkpoint logged, world model registered). A job supplies a task class (``vwm.tasks``).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
-
-from vwm.config import RunConfig
+from vwm.config import TrainerConfig, TrainConfig, with_overrides
 from vwm.configfile import flatten, to_yaml
-from vwm.raycluster import connect
-from vwm.tracking.tracker import attach_tracker, make_tracker
-from vwm.train.distributed import ledger_name
-from vwm.train.loop import train_loop_per_worker
+from vwm.tracking.registry import make_registry
+from vwm.tracking.tracker import Tracker, attach_tracker, make_tracker
+from vwm.train import checkpoint as ckpt
+from vwm.train.trainer import RunEnv, RunSummary, Trainer, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class PretrainResult:
+class TrainResult:
     name: str
-    storage_path: str
-    checkpoint_path: str | None
+    run_dir: Path
+    checkpoint_path: str | None  # the final checkpoint (a path inside the storage filesystem)
     tracker: dict  # the tracker's handle: backend, run id, tracking URI
-    model_uri: str | None  # models:/NAME@ALIAS when registered
-    metrics: dict
+    model_uri: str | None  # models:/NAME/VERSION when registered
+    metrics: dict  # the last report: step, train/loss and any eval metrics
+    summary: RunSummary | None = None  # in-process runs: every loss and monitor of this invocation
+
+
+@dataclass
+class Run:
+    name: str
+    dir: Path
+    cfg: TrainerConfig  # with train.run_name set to ``name``
+    tracker: Tracker
+    provenance: dict
 
 
 def storage_root(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def run_name(cfg: RunConfig, resume: bool) -> str:
-    """A fresh run gets a unique name (Ray silently resumes a reused one); ``resume`` takes the newest
-    earlier run of this ``train.run_name`` under the storage path."""
-    base, storage = cfg.train.run_name, cfg.dist.storage_path
-    if resume and "://" not in storage:
-        earlier = sorted((p for p in Path(storage_root(storage)).glob(f"{base}*") if p.is_dir()),
-                         key=lambda p: p.stat().st_mtime)
+def run_storage(storage: str, name: str) -> str:
+    """``storage/name``, keeping a Ray storage URI's query (``?endpoint_override=...``) at the end."""
+    base, sep, query = storage_root(storage).partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
+def run_name(cfg: TrainConfig, resume: bool) -> str:
+    """A fresh run: ``RUN_NAME-YYYYmmdd-HHMMSS`` (``-1``, ``-2``... if taken), never an earlier run's folder.
+    ``resume``: the newest run folder under ``train.output_dir`` named ``RUN_NAME`` or ``RUN_NAME-*``."""
+    root, base = Path(cfg.output_dir).resolve(), cfg.run_name
+    if resume:
+        earlier = sorted((p for p in root.glob(f"{base}*") if p.is_dir() and (p.name == base or p.name.startswith(
+            base + "-")) and (p / "config.yaml").is_file()), key=lambda p: p.stat().st_mtime)
         if earlier:
             return earlier[-1].name
-        log.warning("--resume: no earlier run named %s* under %s; starting a fresh one", base, storage)
-    elif resume:
-        return base  # on object storage, name the run to resume exactly: --set train.run_name=NAME
-    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+        log.warning("--resume: no earlier run named %s* under %s; starting a fresh one", base, root)
+    stamp = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = stamp, 0
+    while (root / name).exists():
+        n += 1
+        name = f"{stamp}-{n}"
+    return name
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              check=True).stdout.strip()
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def _dataset_epochs(cfg: RunConfig, num_sources: int) -> int:
-    """Passes over the shard list that surely cover the run (assuming as few as one video per file)."""
-    if cfg.dist.dataset_epochs:
-        return cfg.dist.dataset_epochs
-    clips = cfg.train.steps * cfg.optim.grad_accumulation * cfg.data.batch_size * cfg.dist.num_workers
-    return max(1, min(math.ceil(clips / max(1, num_sources * cfg.data.clips_per_video)) + 1, 10_000 // num_sources))
-
-
-def run_pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None, callbacks: list | None = None,
-                 tags: dict[str, str] | None = None, init_from: ray.train.Checkpoint | None = None) -> PretrainResult:
-    """Train on Ray. ``stop_at`` ends this invocation after that many steps (as a preemption would), with
-    schedules still laid out over ``train.steps``; ``resume=True`` continues the newest run of the name.
-    ``init_from`` starts a fresh run from another run's checkpoint (its weights, optimizer state and step)."""
-    cluster = connect()
-    name = run_name(cfg, resume)
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": name})})
+def open_run(cfg: TrainerConfig, *, kind: str, resume: bool, tags: dict[str, str] | None = None) -> Run:
+    """Name the run, make its folder, write the resolved config, start (or on resume, re-attach) its tracker."""
+    name = run_name(cfg.train, resume)
+    cfg = with_overrides(cfg, {"train.run_name": name})
     run_dir = Path(cfg.train.output_dir).resolve() / name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    tags = {"git_commit": _git_commit(), "ray_address": cluster, "workers": str(cfg.dist.num_workers),
-            "zero_stage": str(cfg.dist.zero_stage), "run_name": name, **(tags or {})}
-    if init_from is not None:
-        tags["init_from"] = init_from.path
+    provenance = {"git_commit": git_commit()}
     handle_file = run_dir / "tracker.json"
-    if resume and handle_file.is_file():  # continue the same MLflow run
+    if resume and handle_file.is_file():  # continue the same tracked run
         tracker = attach_tracker(cfg.tracking, json.loads(handle_file.read_text()), owner=True)
     else:
+        tags = {"git_commit": provenance["git_commit"], "task": kind, "run_name": name, **(tags or {})}
         tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags=tags)
         tracker.log_params(flatten(cfg))
         tracker.log_artifact(run_dir / "config.yaml")
         handle_file.write_text(json.dumps(tracker.handle()))
+    return Run(name, run_dir, cfg, tracker, provenance)
 
-    datasets = {}
-    if cfg.data.source == "shards":
-        from vwm.data.pipeline import build_dataset, skip_ledger
-        from vwm.data.shards import list_sources
 
-        epochs = _dataset_epochs(cfg, len(list_sources(cfg.data.paths, cfg.data.endpoint_url)))
-        datasets["train"] = build_dataset(cfg.data, seed=cfg.train.seed, epochs=range(epochs),
-                                          ledger=skip_ledger(ledger_name(cfg)))
+def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: bool = False,
+                 stop_at: int | None = None, progress: bool = True, callbacks: list | None = None,
+                 tags: dict[str, str] | None = None, init_from=None) -> TrainResult:
+    """Train ``task_cls`` on ``cfg``. ``stop_at`` ends this invocation after that many steps (as a preemption
+    would), schedules still laid out over ``train.steps``; ``resume=True`` continues the newest run of the
+    name. ``init_from`` (Ray only) starts a fresh run from another run's checkpoint (PBT's clones)."""
+    if not local:
+        from vwm.raycluster import connect
+
+        tags = {"ray_address": connect(), "workers": str(cfg.dist.num_workers),
+                "zero_stage": str(cfg.dist.zero_stage), **(tags or {})}
+        if init_from is not None:
+            tags["init_from"] = init_from.path
+    run = open_run(cfg, kind=task_cls.kind, resume=resume, tags=tags)
+    status = "FAILED"
+    try:
+        if local:
+            result = _fit_local(run, task_cls, resume=resume, stop_at=stop_at, progress=progress)
+        else:
+            result = _fit_ray(run, task_cls, resume=resume, stop_at=stop_at, callbacks=callbacks,
+                              init_from=init_from)
+        status = "FINISHED"
+    except BaseException as e:
+        run.tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
+        raise
+    finally:
+        run.tracker.close(status=status)
+    return result
+
+
+def _fit_local(run: Run, task_cls, *, resume: bool, stop_at: int | None, progress: bool) -> TrainResult:
+    cfg = run.cfg
+    device, autocast_dtype = resolve_device(cfg.train)
+    seed_everything(cfg.train.seed)
+    task = task_cls(cfg, rank=0, device=device, run_name=run.name, provenance=run.provenance)
+    from vwm.train.engine import LocalEngine
+
+    engine = LocalEngine(task.build(), cfg.optim, device)
+    root = run.dir / "checkpoints"
+    start_step, position = 0, None
+    latest = ckpt.latest_checkpoint(root) if resume else None
+    if latest is not None:
+        start_step, position = ckpt.read_checkpoint(latest, engine, task, rank=0)
+        log.info("resumed from %s at step %d", latest, start_step)
+    batches, skipped_videos = task.batches(start_step * cfg.optim.grad_accumulation, position, None)
+    sink = ckpt.LocalSink(root, engine, task, keep=cfg.train.keep_checkpoints, total_steps=cfg.train.steps)
+    env = RunEnv(rank=0, device=device, autocast_dtype=autocast_dtype, tracker=run.tracker, sink=sink,
+                 skipped_videos=skipped_videos, progress=progress, name=run.name)
+    end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
+    summary = Trainer(cfg, task, engine, env, run_dir=run.dir).fit(batches, start_step=start_step, end_step=end)
+    model_uri = _publish(run, summary.last_checkpoint, str(summary.last_checkpoint))
+    metrics = {"step": summary.final_step, "train/loss": summary.losses[-1] if summary.losses else float("nan")}
+    return TrainResult(run.name, run.dir, str(summary.last_checkpoint) if summary.last_checkpoint else None,
+                       run.tracker.handle(), model_uri, metrics, summary)
+
+
+def _use_gpu(device: str) -> bool:
+    """train.device=auto: GPU workers where the cluster has GPUs (the driver itself may have none)."""
+    if device != "auto":
+        return device == "cuda"
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _fit_ray(run: Run, task_cls, *, resume: bool, stop_at: int | None, callbacks: list | None,
+             init_from) -> TrainResult:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from vwm.train.distributed import train_loop_per_worker
+
+    cfg = run.cfg
+    position = None
+    if resume:  # start the data where the checkpoint Ray will restore stopped reading
+        meta = ckpt.latest_meta(run_storage(cfg.dist.storage_path, run.name))
+        position = meta["data_position"]["position"] if meta else None
+    dataset = task_cls.dataset(cfg, run.name, position)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "tracker": tracker.handle(), "stop_at": stop_at,
-                           "init_from": init_from},
-        scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=cfg.dist.use_gpu,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "task": task_cls, "tracker": run.tracker.handle(),
+                           "stop_at": stop_at, "init_from": init_from, "provenance": run.provenance,
+                           "has_dataset": dataset is not None},
+        scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=_use_gpu(cfg.train.device),
                                      resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
-        run_config=RayRunConfig(name=name, storage_path=storage_root(cfg.dist.storage_path),
+        run_config=RayRunConfig(name=run.name, storage_path=storage_root(cfg.dist.storage_path),
                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                                 callbacks=callbacks),
-        datasets=datasets,
+        datasets={"train": dataset} if dataset is not None else {},
     )
-    status = "FAILED"
-    try:
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-        model_uri = _publish(cfg, tracker, result)
-        status = "FINISHED"
-    except BaseException as e:
-        if hasattr(tracker, "set_tags"):
-            tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
-        raise
-    finally:
-        tracker.close(status=status)
-    ckpt_path = result.checkpoint.path if result.checkpoint else None
-    return PretrainResult(name, storage_root(cfg.dist.storage_path), ckpt_path, tracker.handle(), model_uri,
-                          dict(result.metrics or {}))
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    model_uri = None
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            model_uri = _publish(run, Path(d), f"{result.checkpoint.filesystem.type_name}://{result.checkpoint.path}")
+    return TrainResult(run.name, run.dir, result.checkpoint.path if result.checkpoint else None, run.tracker.handle(),
+                       model_uri, dict(result.metrics or {}))
 
 
-def _publish(cfg: RunConfig, tracker, result) -> str | None:
-    """Log the final checkpoint (a reference when it lives on object storage) and register the model."""
-    if result.checkpoint is None:
+def _publish(run: Run, checkpoint_dir: Path | None, checkpoint_uri: str) -> str | None:
+    """Log the final checkpoint (a reference when it lives on object storage) and register its world model."""
+    if checkpoint_dir is None:
         return None
-    tracker.log_params({"checkpoint.final": f"{result.checkpoint.filesystem.type_name}://{result.checkpoint.path}"})
-    with result.checkpoint.as_directory() as d:
-        d = Path(d)
-        if cfg.tracking.log_checkpoints and "://" not in cfg.dist.storage_path:
-            tracker.log_artifact(d, "checkpoint")
-        if cfg.tracking.backend == "mlflow" and cfg.tracking.register_as and (d / "world_model").is_dir():
-            uri = tracker.register_model(d / "world_model", cfg.tracking.register_as, cfg.tracking.alias)
-            print(f"registered {uri}", flush=True)
-            return uri
-    return None
+    cfg = run.cfg
+    run.tracker.log_params({"checkpoint.final": checkpoint_uri})
+    if cfg.tracking.log_checkpoints and "://" not in cfg.dist.storage_path:
+        run.tracker.log_artifact(checkpoint_dir, "checkpoint")
+    registry = make_registry(cfg.tracking, run.tracker.handle().get("tracking_uri"))
+    artifact = checkpoint_dir / ckpt.ARTIFACT_DIR
+    if registry is None or not artifact.is_dir():
+        return None
+    uri = registry.register(run.tracker.handle(), artifact, cfg.tracking.register_as, cfg.tracking.alias,
+                            description=f"{run.name}: step {cfg.train.steps}")
+    print(f"registered {uri}" + (f" (alias {cfg.tracking.alias})" if cfg.tracking.alias else ""), flush=True)
+    return uri

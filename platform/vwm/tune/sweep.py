@@ -16,16 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
 from ray import tune
-from ray.train import UserCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.util.queue import Empty, Queue
 
-from vwm.config import ConfigError, RunConfig
+from vwm.config import ConfigError, PretrainConfig, with_overrides
 from vwm.configfile import load_config, to_yaml
 from vwm.raycluster import connect
-from vwm.tracking.tracker import make_tracker
+from vwm.raycompat import TrainToTune, check_ray_version, remove_orphaned_groups
+from vwm.tracking.tracker import make_tracker, nested_under
 from vwm.tune.space import SweepConfig, check_space, decode_sample, distribution, override, param_space
 
 log = logging.getLogger(__name__)
@@ -43,28 +42,15 @@ class SweepResult:
     iterations: list[int]  # reports per trial: fewer than the others means the scheduler stopped it early
 
 
-class _ToTune(UserCallback):
-    """Hands each Train report, checkpoint included, to this trial's Tune function (TuneReportCallback
-    passes only the checkpoint's path, so PBT would have nothing to clone)."""
-
-    def __init__(self, queue: Queue):
-        self.queue = queue
-
-    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        self.queue.put((dict(metrics[0]), checkpoint))  # blocks until the trial function took the last one
-
-
 def _trial(config: dict, *, sweep: SweepConfig, base_path: Path, name: str, parent: dict, out: Path) -> None:
     """One trial: a TorchTrainer run in a thread, its reports relayed to Tune from this (the trial's) thread.
     ``base_path`` is the sweep's base config with its paths made absolute (Tune runs trials in their own
     folders)."""
-    from vwm.train.launch import run_pretrain
+    from vwm.tasks.jepa import run_pretrain
 
     sampled = decode_sample(sweep, config["space"])
     trial_id = tune.get_context().get_trial_id()
-    tags = {"sweep": name, "trial_id": trial_id}
-    if parent.get("backend") == "mlflow":
-        tags["mlflow.parentRunId"] = parent["run_id"]
+    tags = {"sweep": name, "trial_id": trial_id, **nested_under(parent)}
     try:
         cfg = load_config(base_path, [*(override(k, v) for k, v in sampled.items()),
                                       f"train.run_name={name}-{trial_id}"])
@@ -84,7 +70,7 @@ def _trial(config: dict, *, sweep: SweepConfig, base_path: Path, name: str, pare
 
     def fit() -> None:
         try:
-            run_pretrain(cfg, callbacks=[_ToTune(relay)], tags=tags, init_from=init_from)
+            run_pretrain(cfg, callbacks=[TrainToTune(relay)], tags=tags, init_from=init_from)
         except BaseException as e:  # re-raised in the trial's thread, so Tune marks the trial failed
             outcome["error"] = e
 
@@ -102,21 +88,17 @@ def _trial(config: dict, *, sweep: SweepConfig, base_path: Path, name: str, pare
         raise outcome["error"]
 
 
-def _pinned(base: RunConfig, parent: dict) -> RunConfig:
+def _pinned(base: PretrainConfig, parent: dict) -> PretrainConfig:
     """The base with every local path made absolute where the sweep was started: trials run in Tune's
     trial folders, where relative paths (outputs/, sqlite:///mlruns.db, shard folders) meant other places."""
     def pin(path: str) -> str:
         return path if "://" in path else str(Path(path).resolve())
 
-    tracking_uri = parent.get("tracking_uri", base.tracking.tracking_uri)
-    return base.model_copy(update={
-        "data": base.data.model_copy(update={"paths": [pin(p) for p in base.data.paths]}),
-        "train": base.train.model_copy(update={
-            "output_dir": pin(base.train.output_dir),
-            "probe": base.train.probe.model_copy(update={"paths": [pin(p) for p in base.train.probe.paths]})}),
-        "dist": base.dist.model_copy(update={"storage_path": pin(base.dist.storage_path)}),
-        "tracking": base.tracking.model_copy(update={"tracking_uri": tracking_uri}),
-    })
+    return with_overrides(base, {
+        "data.paths": [pin(p) for p in base.data.paths], "train.output_dir": pin(base.train.output_dir),
+        "monitor.probe.paths": [pin(p) for p in base.monitor.probe.paths],
+        "dist.storage_path": pin(base.dist.storage_path),
+        "tracking.tracking_uri": parent.get("tracking_uri", base.tracking.tracking_uri)})
 
 
 def _record_rejected(base, run_dir: Path, run_name: str, tags: dict, sampled: dict, error: str) -> None:
@@ -124,36 +106,8 @@ def _record_rejected(base, run_dir: Path, run_name: str, tags: dict, sampled: di
     failed, with its values and the reason, so the sweep's runs show every trial."""
     tracker = make_tracker(base.tracking, run_dir, run_name=run_name, tags=tags)
     tracker.log_params(sampled)
-    if hasattr(tracker, "set_tags"):
-        tracker.set_tags({"error": error[:5000]})
+    tracker.set_tags({"error": error[:5000]})
     tracker.close(status="FAILED")
-
-
-def orphaned_groups() -> list[str]:
-    """Placement groups whose creating actor is dead: a Train controller killed with its trial (ASHA stop,
-    PBT pause). Ray scopes such groups to the job, and Train V2's own cleaner died on a GCS timeout here,
-    so they held their CPUs until the sweep's driver exited. Reads the GCS table itself: the public
-    ``placement_group_table()`` leaves out who created a group."""
-    from ray._private.state import state
-    from ray.core.generated.gcs_pb2 import PlacementGroupTableData as Table
-
-    orphans = []
-    for raw in state._connect_and_get_accessor().get_placement_group_table():
-        group = Table.FromString(raw)
-        if (group.state != Table.REMOVED and not group.is_detached and group.creator_actor_dead
-                and group.creator_actor_id.strip(b"\xff")):  # an all-ones id: created by a driver
-            orphans.append(group.placement_group_id.hex())
-    return orphans
-
-
-def remove_orphaned_groups() -> int:
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    orphans = orphaned_groups()
-    for group_id in orphans:
-        log.warning("removing placement group %s: the trainer that created it is gone", group_id)
-        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
-    return len(orphans)
 
 
 class _SweepMonitor(tune.Callback):
@@ -197,6 +151,7 @@ def _scheduler(sweep: SweepConfig):
 
 
 def run_sweep(sweep: SweepConfig) -> SweepResult:
+    check_ray_version()
     check_space(sweep)  # unknown keys fail here, before any trial
     base = load_config(sweep.base, sweep.overrides)
     if not base.train.eval_every and sweep.metric.startswith("eval/"):
@@ -256,9 +211,8 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
         if best_metric is not None:
             parent.log_metrics({f"best/{sweep.metric}": best_metric}, 0)
         parent.log_params({"best." + k: v for k, v in best_overrides.items()})
-        if hasattr(parent, "mark_stopped_children"):
-            # Tune's ids, not results' metrics: a PBT clone's result carries the donor's trial_id
-            parent.mark_stopped_children(monitor.errored)
+        # Tune's ids, not results' metrics: a PBT clone's result carries the donor's trial_id
+        parent.end_stopped_children(monitor.errored)
         status = "FINISHED"
     finally:
         parent.close(status=status)

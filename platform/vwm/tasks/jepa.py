@@ -1,0 +1,183 @@
+"""V-JEPA pretraining as a task of the shared trainer.
+
+The trainable module is the context encoder + predictor pair; the EMA target encoder is the task's own
+state (updated in ``after_step``, broadcast from rank 0, checksummed across ranks by a hook). Hooks: the
+collapse monitors on training targets, held-out RankMe and the linear probe (reported to Tune), and the
+replica checksum. ``export`` writes the world-model artifact (kind ``vjepa``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from vwm.config import PretrainConfig
+from vwm.data.synthetic import SyntheticClips
+from vwm.eval.probe import heldout_probe, probe_set
+from vwm.eval.rankme import feature_std, heldout_rankme, rankme, token_sample
+from vwm.masks.collate import Batch, MaskCollator
+from vwm.models.artifact import write_artifact
+from vwm.models.jepa import build_models, target_features
+from vwm.models.predictor import gather_tokens
+from vwm.models.preprocess import normalize_clips
+from vwm.models.vit import token_grid
+from vwm.train.ema import assert_identical_across_ranks, broadcast_from_rank0, update_target
+from vwm.train.schedules import ema_at
+from vwm.train.trainer import Hook, StepInfo
+
+HELDOUT_SEED_OFFSET = 1_000_003  # held-out RankMe clips: synthetic videos under a seed training never samples
+
+
+def jepa_loss(preds: list[torch.Tensor], target_BND: torch.Tensor,
+              masks: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Mean over mask sets of the mean absolute error at that set's target tokens."""
+    losses = [(pred_BKD - gather_tokens(target_BND, tgt_idx_BK)).abs().mean()
+              for pred_BKD, (_, tgt_idx_BK) in zip(preds, masks)]
+    return torch.stack(losses).mean()
+
+
+def synthetic_batches(cfg: PretrainConfig, collate: MaskCollator, start_micro: int, rank: int) -> Iterator[Batch]:
+    """In-process synthetic clips keyed by (seed, step, rank): exact resume, no pipeline needed."""
+    d = cfg.data
+    source = SyntheticClips(d.synthetic, frames=d.frames, frame_step=d.frame_step, crop=d.crop,
+                            batch_size=d.batch_size, seed=cfg.train.seed, steps_per_epoch=cfg.train.steps_per_epoch)
+    return (collate(source.batch(step, rank=rank)) for step in itertools.count(start_micro))
+
+
+def ledger_name(run_name: str) -> str:
+    return f"skips-{run_name}"
+
+
+class JepaTask:
+    kind = "jepa"
+    config_cls = PretrainConfig
+
+    def __init__(self, cfg: PretrainConfig, *, rank: int, device: torch.device, run_name: str, provenance: dict):
+        self.cfg, self.rank, self.device, self.run_name, self.provenance = cfg, rank, device, run_name, provenance
+        self.samples_per_batch = cfg.data.batch_size
+        self.grid = token_grid(cfg.model, cfg.data.frames, cfg.data.crop)
+        self.target: torch.nn.Module | None = None
+        self.last_target_BND: torch.Tensor | None = None  # the last step's targets, for the collapse monitors
+
+    # ---------------------------------------------------------------------------------------- model
+    def build(self) -> torch.nn.Module:
+        c = self.cfg
+        jepa, self.target = build_models(c.model, c.data.frames, c.data.crop, len(c.mask.sets))
+        self.target.to(self.device)
+        broadcast_from_rank0(self.target)  # every rank's target starts as rank 0's
+        return jepa
+
+    def loss(self, engine, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        clips_BCTHW = normalize_clips(batch.clips_BTHWC.to(self.device, non_blocking=True))
+        masks = [(c.to(self.device, non_blocking=True), t.to(self.device, non_blocking=True)) for c, t in batch.masks]
+        target_BND = target_features(self.target, clips_BCTHW)
+        preds = engine(clips_BCTHW, masks)
+        self.last_target_BND = target_BND
+        return jepa_loss(preds, target_BND, masks), {"train/ema_momentum": self._momentum(step)}
+
+    def _momentum(self, step: int) -> float:
+        return ema_at(step, self.cfg.optim.ema, self.cfg.train.steps)
+
+    def after_step(self, engine, step: int) -> None:
+        update_target(engine, self.target, self._momentum(step), source="encoder")
+
+    def state_dict(self) -> dict:
+        return {"target": self.target.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.target.load_state_dict(state["target"])
+
+    def export(self, directory: Path, module_state: dict[str, torch.Tensor]) -> None:
+        c = self.cfg
+        predictor = {k[len("predictor."):]: v for k, v in module_state.items() if k.startswith("predictor.")}
+        write_artifact(directory, kind="vjepa", model_config=c.model, frames=c.data.frames, crop=c.data.crop,
+                       weights={"encoder": self.target.state_dict(), "predictor": predictor},
+                       extras={"num_mask_sets": len(c.mask.sets)}, git_commit=self.provenance.get("git_commit"))
+
+    # ----------------------------------------------------------------------------------------- data
+    def batches(self, start_micro: int, position, shard) -> tuple[Iterator[Batch], callable]:
+        """This rank's batches and a skipped-video counter. Synthetic: keyed by (seed, step, rank), resumed
+        exactly. Shards: in-process, one Ray Data pipeline per epoch from ``position``; under Ray Train, this
+        worker's split of the driver's dataset, passed over again if it runs dry."""
+        c = self.cfg
+        collate = MaskCollator(c.mask, self.grid, seed=c.train.seed, rank=self.rank,
+                               steps_per_epoch=c.train.steps_per_epoch, start_step=start_micro)
+        if c.data.source == "synthetic":
+            return synthetic_batches(c, collate, start_micro, self.rank), lambda: 0
+        import ray
+
+        from vwm.data.pipeline import clip_batches, local_batches, skip_ledger
+
+        if shard is None:
+            from vwm.raycluster import connect
+
+            connect()
+            ledger = skip_ledger(ledger_name(self.run_name))
+            stream = iter(local_batches(c.data, collate, seed=c.train.seed, ledger=ledger, position=position))
+        else:
+            ledger = skip_ledger(ledger_name(self.run_name))
+            stream = (b for p in itertools.count()
+                      for b in clip_batches(shard, collate, c.data, seed=c.train.seed, rank=self.rank, pass_index=p))
+        return stream, lambda: ray.get(ledger.count.remote())
+
+    @staticmethod
+    def dataset(cfg: PretrainConfig, run_name: str, position):
+        """The driver's Ray dataset for Ray Train workers (None for in-process synthetic clips), starting at
+        ``position`` (epoch, file order) when resuming."""
+        if cfg.data.source == "synthetic":
+            return None
+        from vwm.data.pipeline import build_dataset, skip_ledger
+        from vwm.data.shards import list_sources
+
+        sources = len(list_sources(cfg.data.paths, cfg.data.endpoint_url))
+        epoch, order = position or (0, 0)
+        return build_dataset(cfg.data, seed=cfg.train.seed, epochs=range(epoch, epoch + dataset_epochs(cfg, sources)),
+                             ledger=skip_ledger(ledger_name(run_name)), start_order=order)
+
+    # ---------------------------------------------------------------------------------------- hooks
+    def hooks(self) -> list[Hook]:
+        hooks = [Hook("collapse monitor", self.cfg.monitor.every, self._monitor, first=True),
+                 Hook("replica checksum", self.cfg.dist.checksum_every, self._checksum, all_ranks=True)]
+        if self.cfg.train.eval_every:
+            self._heldout = torch.from_numpy(SyntheticClips(
+                self.cfg.data.synthetic, frames=self.cfg.data.frames, frame_step=self.cfg.data.frame_step,
+                crop=self.cfg.data.crop, batch_size=self.cfg.monitor.eval_clips,
+                seed=self.cfg.train.seed + HELDOUT_SEED_OFFSET,
+                steps_per_epoch=self.cfg.train.steps_per_epoch).batch(0)["clips"])
+            # the probe reads rank 0's target (identical on every rank); Ray takes reports from rank 0
+            self._probe = (probe_set(self.cfg.data, self.cfg.monitor.probe, self.cfg.train.seed)
+                           if self.cfg.monitor.probe.label and self.rank == 0 else None)
+            hooks.append(Hook("held-out eval", self.cfg.train.eval_every, self._evaluate, all_ranks=True, report=True))
+        return hooks
+
+    def _monitor(self, info: StepInfo) -> dict[str, float]:
+        rows_ND = token_sample(self.last_target_BND)
+        return {"repr/std": feature_std(rows_ND), "repr/rankme": rankme(rows_ND)}
+
+    def _checksum(self, info: StepInfo) -> None:
+        assert_identical_across_ranks(self.target, info.done, info.engine, source="encoder")
+
+    def _evaluate(self, info: StepInfo) -> dict[str, float]:
+        metrics = heldout_rankme(self.target, self._heldout, self.device)  # identical targets: same on every rank
+        if self._probe is not None:
+            metrics.update(heldout_probe(self.target, *self._probe, self.cfg.monitor.probe, self.grid, self.device))
+        return metrics
+
+
+def dataset_epochs(cfg: PretrainConfig, num_sources: int) -> int:
+    """Passes over the shard list that surely cover the run (assuming as few as one video per file)."""
+    if cfg.dist.dataset_epochs:
+        return cfg.dist.dataset_epochs
+    clips = cfg.train.steps * cfg.optim.grad_accumulation * cfg.data.batch_size * cfg.dist.num_workers
+    return max(1, min(math.ceil(clips / max(1, num_sources * cfg.data.clips_per_video)) + 1, 10_000 // num_sources))
+
+
+def run_pretrain(cfg: PretrainConfig, **kwargs):
+    """V-JEPA pretraining: ``vwm pretrain`` and ``jobs/pretrain.py`` (see ``run_training`` for the options)."""
+    from vwm.train.launch import run_training
+
+    return run_training(cfg, JepaTask, **kwargs)

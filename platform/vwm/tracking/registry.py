@@ -1,0 +1,44 @@
+"""Registered world models: where a run's artifact is published, and how a URI becomes a local folder.
+
+Only MLflow has a registry; the other tracking backends register nothing (the artifact stays in the run's
+final checkpoint). Callers never branch on the backend: ``make_registry`` returns None where there is none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from vwm.config import TrackingConfig
+
+REMOTE_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:")
+
+
+class ModelRegistry(Protocol):
+    def register(self, handle: dict, directory: str | Path, name: str, alias: str | None = None,
+                 description: str | None = None) -> str: ...  # -> models:/NAME/VERSION
+
+    def download(self, uri: str) -> Path: ...
+
+
+def make_registry(cfg: TrackingConfig, tracking_uri: str | None = None) -> ModelRegistry | None:
+    if cfg.backend != "mlflow" or not cfg.register_as:
+        return None
+    from vwm.tracking.mlflow import MLflowRegistry
+
+    return MLflowRegistry(cfg, tracking_uri)
+
+
+def local_path(uri: str | Path, tracking_uri: str | None = None) -> Path:
+    """A local folder for a folder path, ``runs:/...`` or ``models:/NAME@ALIAS`` (``@latest``: the newest
+    version). The tracking URI resolves as training resolves it: the argument, else $MLFLOW_TRACKING_URI,
+    else ``sqlite:///mlruns.db`` in the current folder."""
+    if str(uri).startswith(REMOTE_SCHEMES):
+        from vwm.tracking.mlflow import download_artifacts
+
+        return download_artifacts(str(uri), tracking_uri)
+    path = Path(uri)
+    if not path.exists():
+        raise FileNotFoundError(f"{uri}: no such folder; pass a world-model folder, runs:/RUN_ID/world_model or "
+                                "models:/NAME@ALIAS")
+    return path

@@ -1,0 +1,240 @@
+"""The trainer every model kind shares: step counting, gradient accumulation, non-finite handling, timing,
+logging cadence, hooks, checkpoint cadence and reports. It knows no model kind: a ``Task`` supplies the
+model, the loss and what runs after each update; periodic work is a ``Hook`` with its own cadence.
+
+The same ``Trainer`` runs in-process (``--local``, ``LocalEngine``) and in every Ray Train worker
+(``DeepSpeedEngine``); what differs between the two is passed in a ``RunEnv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vwm.config import TrainConfig, TrainerConfig
+from vwm.tracking.tracker import Tracker
+from vwm.train.schedules import lr_at, wd_at
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many non-finite losses in a row: the run stops instead of training on garbage."""
+
+
+@dataclass
+class StepInfo:
+    """What a hook sees: the optimizer step just finished and its last micro-batch's outcome."""
+
+    step: int  # 0-based index of the finished optimizer step
+    done: int  # optimizer steps done, step + 1
+    end: int  # the step this invocation stops at
+    loss: float
+    extras: dict[str, float]
+    engine: Any  # the trainable module's engine: for hooks that evaluate or compare it
+
+
+@dataclass
+class Hook:
+    """Periodic work: runs after the steps where ``done % every == 0``, after the last step of an invocation,
+    and (``first``) after a run's first step. ``all_ranks`` hooks are collective (every rank calls them);
+    others run on rank 0 only. Returned metrics are logged; a ``report`` hook's also go to Ray (Tune)."""
+
+    name: str
+    every: int
+    fn: Callable[[StepInfo], dict[str, float] | None]
+    first: bool = False
+    all_ranks: bool = False
+    report: bool = False
+
+    def due(self, done: int, end: int) -> bool:
+        return done % self.every == 0 or done == end or (self.first and done == 1)
+
+
+class Task(Protocol):
+    """A model kind on the shared trainer (see vwm/tasks/)."""
+
+    samples_per_batch: int
+
+    def build(self) -> nn.Module: ...  # the trainable module (the engine's); frozen/EMA parts stay in the task
+    def batches(self, start_micro: int, position, shard) -> tuple[Iterator, Callable[[], int]]: ...
+    def loss(self, engine, batch, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def after_step(self, engine, step: int) -> None: ...  # after each applied update, e.g. the EMA
+    def hooks(self) -> list[Hook]: ...
+    def state_dict(self) -> dict[str, Any]: ...  # what the engine does not own (EMA target, ...)
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def export(self, directory: Path, module_state: dict[str, torch.Tensor]) -> None: ...  # the artifact
+
+
+class CheckpointSink(Protocol):
+    def save(self, done: int, position, metrics: dict) -> Path | None: ...
+    def report(self, done: int, metrics: dict) -> None: ...
+
+
+@dataclass
+class RunEnv:
+    """What differs between an in-process and a distributed run."""
+
+    rank: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    tracker: Tracker
+    sink: CheckpointSink
+    skipped_videos: Callable[[], int] = lambda: 0
+    mean_across_ranks: Callable[[float], float] = lambda x: x
+    progress: bool = True
+    name: str = "run"
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path | None
+    start_step: int
+    final_step: int
+    losses: list[float] = field(default_factory=list)  # every micro-batch's loss on this rank
+    monitors: list[dict] = field(default_factory=list)  # every hook's metrics, with their step
+    skipped_steps: int = 0
+    last_checkpoint: Path | None = None
+
+
+@dataclass
+class _Micro:
+    loss: float
+    grad_norm: float | None  # None between accumulation boundaries and on skipped steps
+    lr: float
+    wd: float
+    extras: dict[str, float]
+    skipped: bool
+
+
+def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
+    """The device and autocast dtype: bf16 autocast on CUDA unless fp32 is asked for, fp32 on CPU."""
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    device = torch.device("cuda" if use_cuda else "cpu")
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda)
+    return device, (torch.bfloat16 if bf16 else None)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainerConfig, task: Task, engine, env: RunEnv, run_dir: Path | None = None):
+        self.cfg, self.task, self.engine, self.env, self.run_dir = cfg, task, engine, env, run_dir
+        self.hooks: list[Hook] = list(task.hooks())
+        self._nonfinite_in_a_row = 0
+        self._t_data = self._t_step = 0.0
+
+    def add_hook(self, hook: Hook) -> None:
+        self.hooks.append(hook)
+
+    def fit(self, batches: Iterator, *, start_step: int, end_step: int) -> RunSummary:
+        """Optimizer steps ``start_step`` .. ``end_step``: batch -> step -> log -> hooks -> checkpoint."""
+        t, acc, env = self.cfg.train, self.cfg.optim.grad_accumulation, self.env
+        summary = RunSummary(self.run_dir, start_step, start_step)
+        bar = tqdm(total=t.steps, initial=start_step, disable=not (env.progress and env.rank == 0), desc=env.name,
+                   dynamic_ncols=True)
+        for micro in range(start_step * acc, end_step * acc):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            t1 = time.perf_counter()
+            out = self._micro_step(batch, micro // acc)
+            self._t_data, self._t_step = self._t_data + t1 - t0, self._t_step + time.perf_counter() - t1
+            self._count_nonfinite(out, micro, summary)
+            summary.losses.append(out.loss)
+            if (micro + 1) % acc:
+                continue
+            info = StepInfo(micro // acc, micro // acc + 1, end_step, out.loss, out.extras, self.engine)
+            metrics = {}
+            if info.step % t.log_every == 0 or info.done == end_step:
+                metrics = self._train_metrics(out, summary, getattr(batch, "position", None))
+                bar.set_postfix(loss=f"{out.loss:.4f}", lr=f"{out.lr:.2e}")
+            self._t_data = self._t_step = 0.0
+            reported = self._run_hooks(info, metrics, summary)
+            if env.rank == 0 and metrics:
+                env.tracker.log_metrics(metrics, info.step)
+            if env.rank == 0 and (reported or info.done % t.checkpoint_every == 0):
+                env.tracker.flush()  # a report follows, after which a scheduler may stop this trial
+            if info.done % t.checkpoint_every == 0 or info.done == end_step:
+                summary.last_checkpoint = env.sink.save(info.done, getattr(batch, "position", None),
+                                                        {"train/loss": out.loss, **reported})
+            elif reported:
+                env.sink.report(info.done, {"step": info.done, "train/loss": out.loss, **reported})
+            summary.final_step = info.done
+            bar.update(1)
+        bar.close()
+        return summary
+
+    def _micro_step(self, batch, step: int) -> _Micro:
+        """One micro-batch of optimizer step ``step`` (counted here, never taken from the batch)."""
+        o = self.cfg.optim
+        lr, wd = lr_at(step, o.lr, self.cfg.train.steps), wd_at(step, o.weight_decay, self.cfg.train.steps)
+        amp = (torch.autocast(device_type=self.env.device.type, dtype=self.env.autocast_dtype)
+               if self.env.autocast_dtype is not None else contextlib.nullcontext())
+        with amp:
+            loss, extras = self.task.loss(self.engine, batch, step)
+        if not self.engine.all_finite(loss):  # collective: no rank applies an update then
+            self.engine.skip()
+            return _Micro(float(loss.detach()), None, lr, wd, extras, True)
+        self.engine.backward(loss)
+        grad_norm = self.engine.step(lr, wd)
+        if grad_norm is not None:
+            self.task.after_step(self.engine, step)
+        return _Micro(float(loss.detach()), grad_norm, lr, wd, extras, False)
+
+    def _count_nonfinite(self, out: _Micro, micro: int, summary: RunSummary) -> None:
+        if not out.skipped:
+            self._nonfinite_in_a_row = 0
+            return
+        summary.skipped_steps += 1
+        self._nonfinite_in_a_row += 1
+        log.warning("non-finite loss %s at micro-step %d: update skipped (%d in a row)", out.loss, micro,
+                    self._nonfinite_in_a_row)
+        if self._nonfinite_in_a_row >= self.cfg.train.max_nonfinite_steps:
+            raise NonFiniteLoss(f"{self._nonfinite_in_a_row} non-finite losses in a row (last at micro-step {micro});"
+                                " lower optim.lr.peak or check the data; train.max_nonfinite_steps sets the limit")
+
+    def _train_metrics(self, out: _Micro, summary: RunSummary, position) -> dict[str, float]:
+        acc, elapsed = self.cfg.optim.grad_accumulation, max(self._t_step + self._t_data, 1e-9)
+        metrics = {"train/loss": self.env.mean_across_ranks(out.loss), "train/lr": out.lr, "train/wd": out.wd,
+                   **out.extras, "train/skipped_steps": summary.skipped_steps,
+                   "perf/step_s": self._t_step / acc, "perf/data_wait_s": self._t_data / acc,
+                   "perf/samples_per_s": self.task.samples_per_batch * acc / elapsed,
+                   "data/skipped_videos": self.env.skipped_videos()}
+        if position is not None:  # where this rank reads: (pass over the data, file in that pass's order)
+            metrics["data/epoch"], metrics["data/file"] = position
+        if out.grad_norm is not None and np.isfinite(out.grad_norm):
+            metrics["train/grad_norm"] = out.grad_norm
+        if self.env.device.type == "cuda":
+            metrics["perf/gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        return metrics
+
+    def _run_hooks(self, info: StepInfo, metrics: dict, summary: RunSummary) -> dict[str, float]:
+        """Due hooks in order; their metrics join the step's log line. Returns what is to be reported."""
+        reported: dict[str, float] = {}
+        for hook in self.hooks:
+            if not hook.due(info.done, info.end) or not (hook.all_ranks or self.env.rank == 0):
+                continue
+            values = hook.fn(info) or {}
+            if values:
+                summary.monitors.append({"step": info.step, **values})
+                metrics.update(values)
+                if hook.report:
+                    reported.update(values)
+        return reported
