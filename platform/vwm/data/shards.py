@@ -1,7 +1,10 @@
 """Where videos live: folders or prefixes of video files and WebDataset tar shards, local or ``s3://``.
 
-A WebDataset shard is a tar whose members are grouped by key: ``KEY.mp4`` and an optional ``KEY.json``
-with metadata (label, fps, actions, ...). S3 goes through s3fs; ``endpoint_url`` serves S3-compatible
+A WebDataset shard is a tar whose members are grouped by key, following WebDataset's rule: the key is
+the member's full path up to the first dot of its file name, the extension is the rest (``a/clip.v2.mp4``
+is key ``a/clip``, extension ``v2.mp4``). A sample holds every member of its key, e.g. ``KEY.mp4``, an
+optional ``KEY.json`` with metadata (label, fps, actions, ...), ``KEY.npz``. A member is a video when its
+last extension is one of ``VIDEO_EXTS``. S3 goes through s3fs; ``endpoint_url`` serves S3-compatible
 stores; credentials come from the standard AWS environment variables and are never logged.
 """
 
@@ -23,12 +26,65 @@ class DataSourceError(ValueError):
     """A path that matches nothing, a missing bucket, an unreadable listing: found before any work starts."""
 
 
+class MetadataError(ValueError):
+    """A ``KEY.json`` member that is not a JSON object."""
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """(key, extension) of a member path by WebDataset's rule; None for a file name without a dot."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not stem or not dot or not ext:
+        return None
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def is_video_ext(ext: str) -> bool:
+    return "." + ext.rsplit(".", 1)[-1].lower() in VIDEO_EXTS
+
+
+def parse_meta(data: bytes, source: str) -> dict:
+    """The metadata object of a ``KEY.json`` member; MetadataError naming ``source`` for anything else."""
+    try:
+        meta = json.loads(data)
+    except ValueError as e:
+        raise MetadataError(f"{source}: metadata is not valid JSON ({e}); fix or remove the .json member") from None
+    if not isinstance(meta, dict):
+        raise MetadataError(f"{source}: metadata must be a JSON object, got {type(meta).__name__} "
+                            f"({data[:40]!r}); write an object such as {{\"label\": ...}} or remove the .json member")
+    return meta
+
+
 @dataclass
 class Sample:
+    """All members of one key: extension (``mp4``, ``json``, ``v2.mp4``, ``npz``, ...) -> bytes."""
+
     key: str
-    video: bytes
-    meta: dict = field(default_factory=dict)
-    source: str = ""  # the file (and tar member) this came from, for error reports
+    members: dict[str, bytes] = field(default_factory=dict)
+    source: str = ""  # the file (and tar key) this came from, for error reports
+
+    @classmethod
+    def from_video(cls, key: str, video: bytes, meta: dict | None = None, ext: str = "mp4") -> Sample:
+        """A video sample with optional metadata, stored as ``KEY.json`` with sorted keys (deterministic)."""
+        members = {ext: video}
+        if meta:
+            members["json"] = json.dumps(meta, sort_keys=True).encode()
+        return cls(key=key, members=members)
+
+    @property
+    def video_ext(self) -> str | None:
+        """Extension of the first video member, None when the sample has none."""
+        return next((ext for ext in self.members if is_video_ext(ext)), None)
+
+    @property
+    def video(self) -> bytes:
+        ext = self.video_ext
+        return self.members[ext] if ext is not None else b""
+
+    @property
+    def meta(self) -> dict:
+        data = self.members.get("json")
+        return {} if data is None else parse_meta(data, f"{self.source or self.key}.json")
 
 
 def filesystem(uri: str, endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -78,8 +134,10 @@ def iter_samples(uri: str, endpoint_url: str | None = None) -> Iterator[Sample |
     fs, path = filesystem(uri, endpoint_url)
     try:
         if not path.lower().endswith(SHARD_EXTS):
+            name = path.rsplit("/", 1)[-1]
+            key, ext = split_name(name) or (name, name.rsplit(".", 1)[-1].lower())
             with fs.open(path, "rb") as f:
-                yield Sample(key=path.rsplit("/", 1)[-1].rsplit(".", 1)[0], video=f.read(), source=uri)
+                yield Sample(key=key, members={ext: f.read()}, source=uri)
             return
         with fs.open(path, "rb") as f:
             yield from _iter_tar(f, uri, size=fs.size(path))
@@ -95,21 +153,23 @@ def _iter_tar(fileobj, uri: str, size: int) -> Iterator[Sample | tuple[str, str]
             for member in tar:
                 if not member.isfile():
                     continue
-                name = member.name.rsplit("/", 1)[-1]
-                key, _, ext = name.partition(".")
+                parts = split_name(member.name)
+                if parts is None:
+                    continue  # WebDataset ignores names without an extension too
+                key, ext = parts
                 data = tar.extractfile(member).read()
                 if current is not None and current.key != key:
                     yield from _finish(current)
                     current = None
                 if current is None:
-                    current = Sample(key=key, video=b"", source=f"{uri}#{key}")
-                if ext.lower() == "json":
+                    current = Sample(key=key, source=f"{uri}#{key}")
+                if ext == "json":
                     try:
-                        current.meta = json.loads(data)
-                    except ValueError as e:
-                        yield (f"{uri}#{name}", f"bad metadata JSON ({e}); video kept without metadata")
-                elif "." + ext.lower() in VIDEO_EXTS:
-                    current.video = data
+                        parse_meta(data, f"{uri}#{member.name}")
+                    except MetadataError as e:
+                        yield (f"{uri}#{member.name}", f"{e}; video kept without metadata")
+                        continue
+                current.members[ext] = data
             # a tar ends with two zero blocks; a cut on a member boundary would read as complete otherwise
             if size - tar.offset < 2 * tarfile.BLOCKSIZE:
                 raise tarfile.ReadError("no end-of-archive marker")
@@ -124,18 +184,21 @@ def _finish(sample: Sample) -> Iterator[Sample | tuple[str, str]]:
     if sample.video:
         yield sample
     else:
-        yield (sample.source, "tar key has metadata but no video member")
+        yield (sample.source, f"tar key has no video member (members: {', '.join(sample.members)})")
 
 
 def write_shard(uri: str, samples: list[Sample], endpoint_url: str | None = None) -> int:
-    """A WebDataset tar of ``KEY.mp4`` (+ ``KEY.json``), byte-identical for identical samples; returns bytes."""
+    """A WebDataset tar of every member ``KEY.EXT`` of each sample, in order (USTAR, mtime 0, mode 644):
+    byte-identical for identical samples. Returns the size in bytes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
-            members = [(f"{s.key}.mp4", s.video)]
-            if s.meta:
-                members.append((f"{s.key}.json", json.dumps(s.meta, sort_keys=True).encode()))
-            for name, data in members:
+            for ext, data in s.members.items():
+                name = f"{s.key}.{ext}"
+                if split_name(name) != (s.key, ext.lower()):
+                    raise ValueError(f"sample key {s.key!r} with member {ext!r} would read back under another key "
+                                     "(no dot allowed in the key's file name, extension must be non-empty); "
+                                     "rename the key")
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))

@@ -34,7 +34,7 @@ def _synth_shard(out: str, shard: int, indices: list[int], cfg: SyntheticConfig,
     samples = []
     for i in indices:
         frames_THWC, meta = render_video(cfg, seed, i)
-        samples.append(Sample(key=f"video-{i:07d}", video=encode_mp4(frames_THWC, cfg.fps), meta=meta))
+        samples.append(Sample.from_video(f"video-{i:07d}", encode_mp4(frames_THWC, cfg.fps), meta))
     uri = f"{out.rstrip('/')}/shard-{shard:05d}.tar"
     return uri, len(samples), write_shard(uri, samples, endpoint_url)
 
