@@ -1,9 +1,12 @@
 """Real-world inputs that broke ingestion (issue 9, items 1-6), each built here with PyAV or tarfile:
-resolution changes, variable frame rates, Matroska with a longer audio track."""
+resolution changes, variable frame rates, Matroska with a longer audio track, damaged and compressed tar
+shards."""
 
 from __future__ import annotations
 
+import gzip
 import io
+import tarfile
 from fractions import Fraction
 
 import av
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 
 from vwm.data.decode import DecodeError, decode_clips, encode_mp4, probe
+from vwm.data.shards import Sample, iter_samples, list_sources, write_shard
 
 GREY_STEP = 5  # frame i of the built videos is uniform grey i * GREY_STEP: a decoded frame tells its index
 
@@ -175,3 +179,58 @@ def test_matroska_frame_count_ignores_a_longer_audio_track(fmt):
         _clips(data, frames=41)
     [clip] = _clips(data, frames=40)
     assert [_index_of(f) for f in clip] == list(range(40))
+
+
+# ------------------------------------------------------------------------------------ 4: tar shards
+def _shard(tmp_path, n: int, name: str = "s.tar") -> tuple[str, bytes, list[int]]:
+    """A shard of ``n`` keys (mp4 + json each); returns its path, bytes and each member's header offset."""
+    uri = str(tmp_path / name)
+    write_shard(uri, [Sample.from_video(f"k{i:02d}", grey_mp4(12 + i), {"i": i}) for i in range(n)])
+    with tarfile.open(uri) as tar:
+        offsets = [m.offset for m in tar.getmembers()]
+    return uri, (tmp_path / name).read_bytes(), offsets
+
+
+def _read(path) -> tuple[list[str], list[tuple[str, str]]]:
+    out = list(iter_samples(str(path)))
+    return [s.key for s in out if isinstance(s, Sample)], [s for s in out if isinstance(s, tuple)]
+
+
+def test_cut_shard_gives_up_the_last_complete_video_before_the_cut(tmp_path):
+    _, whole, offsets = _shard(tmp_path, 4)
+    # members: k00.mp4 k00.json k01.mp4 k01.json k02.mp4 ...; cut inside k02.mp4's data
+    (tmp_path / "cut.tar").write_bytes(whole[: offsets[4] + 700])
+    keys, skips = _read(tmp_path / "cut.tar")
+    assert keys == ["k00", "k01"]
+    assert len(skips) == 1 and "ends early or is corrupt after key k01" in skips[0][1]
+    # cut exactly on a member boundary: no end-of-archive marker, which a complete shard has
+    (tmp_path / "boundary.tar").write_bytes(whole[: offsets[4]])
+    keys, skips = _read(tmp_path / "boundary.tar")
+    assert keys == ["k00", "k01"] and len(skips) == 1 and "no end-of-archive marker" in skips[0][1]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "zeros"])
+def test_corrupt_header_mid_shard_is_an_error_not_the_end(tmp_path, damage):
+    _, whole, offsets = _shard(tmp_path, 16)
+    broken = bytearray(whole)
+    at = offsets[4]  # header of k02.mp4
+    broken[at: at + 512] = b"\xab" * 512 if damage == "garbage" else bytes(512)
+    (tmp_path / "bad.tar").write_bytes(bytes(broken))
+    keys, skips = _read(tmp_path / "bad.tar")
+    assert keys == ["k00", "k01"]
+    assert len(skips) == 1 and skips[0][0] == str(tmp_path / "bad.tar")
+    assert "the rest of this shard is lost" in skips[0][1]
+
+
+@pytest.mark.parametrize("name", ["s.tar", "s.tar.gz", "s.tgz"])
+def test_gzip_compressed_shards_read_whole(tmp_path, name):
+    _, whole, _ = _shard(tmp_path, 5, name="plain.tar")
+    (tmp_path / "gz").mkdir()
+    (tmp_path / "gz" / name).write_bytes(gzip.compress(whole, mtime=0))
+    assert list_sources([str(tmp_path / "gz")]) == [str(tmp_path / "gz" / name)]
+    keys, skips = _read(tmp_path / "gz" / name)
+    assert keys == [f"k{i:02d}" for i in range(5)] and skips == []
+    compressed = gzip.compress(whole, mtime=0)
+    (tmp_path / "gz" / name).write_bytes(compressed[: len(compressed) * 2 // 3])
+    keys, skips = _read(tmp_path / "gz" / name)
+    assert len(keys) < 5 and len(skips) == 1

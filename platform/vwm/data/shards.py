@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
-SHARD_EXTS = (".tar",)
+SHARD_EXTS = (".tar", ".tar.gz", ".tgz")  # any tar compression is read; these names are listed
 
 
 class DataSourceError(ValueError):
@@ -140,16 +140,30 @@ def iter_samples(uri: str, endpoint_url: str | None = None) -> Iterator[Sample |
                 yield Sample(key=key, members={ext: f.read()}, source=uri)
             return
         with fs.open(path, "rb") as f:
-            yield from _iter_tar(f, uri, size=fs.size(path))
+            yield from _iter_tar(f, uri)
     except (OSError, tarfile.TarError, EOFError) as e:
         yield (uri, f"unreadable file ({type(e).__name__}: {e})")
 
 
-def _iter_tar(fileobj, uri: str, size: int) -> Iterator[Sample | tuple[str, str]]:
-    """Samples grouped by key from consecutive members; a damaged shard gives up its readable prefix."""
+class _Header(tarfile.TarInfo):
+    """Keeps the header error tarfile stopped at: it reads a bad header mid-archive, or a cut on a member
+    boundary, as the end of the archive, silently."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as e:
+            tar.stopped_at = e
+            raise
+
+
+def _iter_tar(fileobj, uri: str) -> Iterator[Sample | tuple[str, str]]:
+    """Samples grouped by key from consecutive members (plain or compressed tar, read as a stream); a
+    damaged shard gives up every complete sample before the damage."""
     current: Sample | None = None
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_Header) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -170,14 +184,27 @@ def _iter_tar(fileobj, uri: str, size: int) -> Iterator[Sample | tuple[str, str]
                         yield (f"{uri}#{member.name}", f"{e}; video kept without metadata")
                         continue
                 current.members[ext] = data
-            # a tar ends with two zero blocks; a cut on a member boundary would read as complete otherwise
-            if size - tar.offset < 2 * tarfile.BLOCKSIZE:
-                raise tarfile.ReadError("no end-of-archive marker")
+            _check_end(tar)
         if current is not None:
             yield from _finish(current)
     except (tarfile.TarError, EOFError, OSError) as e:
+        if current is not None and current.video:  # every member read so far is whole
+            yield current
         yield (uri, f"tar shard ends early or is corrupt after key {current.key if current else '(none)'}"
                     f" ({type(e).__name__}: {e}); the rest of this shard is lost")
+
+
+def _check_end(tar: tarfile.TarFile) -> None:
+    """A tar ends with zero blocks; anything else where tarfile stopped is damage, not the end."""
+    stop = getattr(tar, "stopped_at", None)
+    if not isinstance(stop, tarfile.EOFHeaderError):
+        what = "no end-of-archive marker" if isinstance(stop, tarfile.EmptyHeaderError) else str(stop)
+        raise tarfile.ReadError(f"{what} at byte {tar.offset} of the uncompressed tar")
+    # a zeroed stretch reads as an end marker too: what follows a real one is zero padding only
+    while chunk := tar.fileobj.read(1 << 16):
+        if chunk.strip(b"\0"):
+            raise tarfile.ReadError(f"data after the end-of-archive marker at byte {tar.offset} (zeroed "
+                                    "headers?)")
 
 
 def _finish(sample: Sample) -> Iterator[Sample | tuple[str, str]]:
