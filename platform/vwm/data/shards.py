@@ -6,6 +6,9 @@ is key ``a/clip``, extension ``v2.mp4``). A sample holds every member of its key
 optional ``KEY.json`` with metadata (label, fps, actions, ...), ``KEY.npz``. A member is a video when its
 last extension is one of ``VIDEO_EXTS``. S3 goes through s3fs; ``endpoint_url`` serves S3-compatible
 stores; credentials come from the standard AWS environment variables and are never logged.
+
+A bad shard never raises: ``iter_samples`` yields a ``Skip`` naming the file (or tar key) and the reason,
+after every complete sample before the damage. A loose video file is opened only when its video is read.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from typing import BinaryIO, NamedTuple
 
 import fsspec
 
@@ -24,6 +29,15 @@ SHARD_EXTS = (".tar", ".tar.gz", ".tgz")  # any tar compression is read; these n
 
 class DataSourceError(ValueError):
     """A path that matches nothing, a missing bucket, an unreadable listing: found before any work starts."""
+
+
+class Skip(NamedTuple):
+    """Something ``iter_samples`` could not deliver whole: a lost video, or (``lost=False``) a warning about
+    a member dropped from a sample whose video is kept."""
+
+    source: str
+    reason: str
+    lost: bool = True
 
 
 class MetadataError(ValueError):
@@ -62,6 +76,8 @@ class Sample:
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
     source: str = ""  # the file (and tar key) this came from, for error reports
+    # a loose video file: opened on demand instead of held in ``members``
+    opener: Callable[[], BinaryIO] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_video(cls, key: str, video: bytes, meta: dict | None = None, ext: str = "mp4") -> Sample:
@@ -73,13 +89,24 @@ class Sample:
 
     @property
     def video_ext(self) -> str | None:
-        """Extension of the first video member, None when the sample has none."""
+        """Extension of the first video member (or of the loose file), None when the sample has none."""
+        if self.opener is not None:
+            ext = (split_name(self.source.rsplit("/", 1)[-1]) or ("", ""))[1]
+            return ext if is_video_ext(ext) else None
         return next((ext for ext in self.members if is_video_ext(ext)), None)
 
     @property
     def video(self) -> bytes:
+        """The video's bytes, b"" if none; ``open_video`` reads a loose file without loading it whole."""
+        if self.opener is not None:
+            with self.opener() as f:
+                return f.read()
         ext = self.video_ext
         return self.members[ext] if ext is not None else b""
+
+    def open_video(self) -> BinaryIO:
+        """The video as a seekable binary file (use in a ``with`` block)."""
+        return self.opener() if self.opener is not None else io.BytesIO(self.video)
 
     @property
     def meta(self) -> dict:
@@ -125,24 +152,23 @@ def list_sources(paths: list[str], endpoint_url: str | None = None) -> list[str]
     return found
 
 
-def iter_samples(uri: str, endpoint_url: str | None = None) -> Iterator[Sample | tuple[str, str]]:
-    """Samples of one file: a single video, or every key of a tar shard in order.
+def iter_samples(uri: str, endpoint_url: str | None = None) -> Iterator[Sample | Skip]:
+    """Samples of one file: a loose video (opened on demand), or every key of a tar shard in order.
 
-    Yields ``(source, reason)`` instead of a Sample for what cannot be read, so callers count the loss
-    and go on: a truncated shard gives up its readable prefix and one error for the rest.
+    Yields a ``Skip`` instead of a Sample for what cannot be read, so callers count the loss and go on: a
+    damaged shard gives up every complete sample before the damage, then one Skip for the rest.
     """
     fs, path = filesystem(uri, endpoint_url)
+    if not path.lower().endswith(SHARD_EXTS):
+        name = path.rsplit("/", 1)[-1]
+        key = (split_name(name) or (name, ""))[0]
+        yield Sample(key=key, source=uri, opener=partial(fs.open, path, "rb"))
+        return
     try:
-        if not path.lower().endswith(SHARD_EXTS):
-            name = path.rsplit("/", 1)[-1]
-            key, ext = split_name(name) or (name, name.rsplit(".", 1)[-1].lower())
-            with fs.open(path, "rb") as f:
-                yield Sample(key=key, members={ext: f.read()}, source=uri)
-            return
         with fs.open(path, "rb") as f:
             yield from _iter_tar(f, uri)
     except (OSError, tarfile.TarError, EOFError) as e:
-        yield (uri, f"unreadable file ({type(e).__name__}: {e})")
+        yield Skip(uri, f"unreadable file ({type(e).__name__}: {e})")
 
 
 class _Header(tarfile.TarInfo):
@@ -158,9 +184,8 @@ class _Header(tarfile.TarInfo):
             raise
 
 
-def _iter_tar(fileobj, uri: str) -> Iterator[Sample | tuple[str, str]]:
-    """Samples grouped by key from consecutive members (plain or compressed tar, read as a stream); a
-    damaged shard gives up every complete sample before the damage."""
+def _iter_tar(fileobj, uri: str) -> Iterator[Sample | Skip]:
+    """Samples grouped by key from consecutive members (plain or compressed tar, read as a stream)."""
     current: Sample | None = None
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_Header) as tar:
@@ -181,7 +206,7 @@ def _iter_tar(fileobj, uri: str) -> Iterator[Sample | tuple[str, str]]:
                     try:
                         parse_meta(data, f"{uri}#{member.name}")
                     except MetadataError as e:
-                        yield (f"{uri}#{member.name}", f"{e}; video kept without metadata")
+                        yield Skip(f"{uri}#{member.name}", f"{e}; video kept without metadata", lost=False)
                         continue
                 current.members[ext] = data
             _check_end(tar)
@@ -190,8 +215,8 @@ def _iter_tar(fileobj, uri: str) -> Iterator[Sample | tuple[str, str]]:
     except (tarfile.TarError, EOFError, OSError) as e:
         if current is not None and current.video:  # every member read so far is whole
             yield current
-        yield (uri, f"tar shard ends early or is corrupt after key {current.key if current else '(none)'}"
-                    f" ({type(e).__name__}: {e}); the rest of this shard is lost")
+        yield Skip(uri, f"tar shard ends early or is corrupt after key {current.key if current else '(none)'}"
+                        f" ({type(e).__name__}: {e}); the rest of this shard is lost")
 
 
 def _check_end(tar: tarfile.TarFile) -> None:
@@ -207,11 +232,12 @@ def _check_end(tar: tarfile.TarFile) -> None:
                                     "headers?)")
 
 
-def _finish(sample: Sample) -> Iterator[Sample | tuple[str, str]]:
+def _finish(sample: Sample) -> Iterator[Sample | Skip]:
     if sample.video:
         yield sample
-    else:
-        yield (sample.source, f"tar key has no video member (members: {', '.join(sample.members)})")
+    else:  # metadata or other files without a video: nothing lost
+        yield Skip(sample.source, f"tar key has no video member (members: {', '.join(sample.members)}); "
+                                  "ignored", lost=False)
 
 
 def write_shard(uri: str, samples: list[Sample], endpoint_url: str | None = None) -> int:
