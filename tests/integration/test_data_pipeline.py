@@ -44,7 +44,7 @@ def test_synth_writes_deterministic_shards_and_inspect_counts_them(local_shards,
     again = run_synth(str(tmp_path), num_videos=12, shards=3, seed=0, cfg=SYN)
     assert all(open(a, "rb").read() == open(b, "rb").read() for a, b in zip(uris, again))
     report = run_inspect([str(out)])
-    assert report.videos == 12 and report.unreadable == []
+    assert report.videos == 12 and report.frames == 12 * 32 and report.unreadable == []
     assert report.seconds == pytest.approx(12 * 32 / 15, rel=0.01)
     assert dict(report.resolutions) == {(48, 48): 12} and dict(report.fps) == {15.0: 12}
 
@@ -78,6 +78,54 @@ def test_pipeline_skips_and_counts_bad_videos(local_shards, tmp_path):
     for b in batches:
         assert tuple(b.clips_BTHWC.shape) == (4, 8, 32, 32, 3) and str(b.clips_BTHWC.dtype) == "torch.uint8"
         assert [tuple(c.shape[:1]) for c, _ in b.masks] == [(4,), (4,)]
+
+
+def test_real_world_videos_are_decoded_and_only_lost_ones_counted(tmp_path, ray_cluster):
+    """Issue 9's inputs in one run: a resolution change, variable frame rate, Matroska/WebM with a longer
+    audio track, a gzip shard with folders and dotted names, warnings that lose nothing, a corrupt header."""
+    import gzip
+    import io
+    import tarfile
+
+    import ray
+
+    from tests.unit.test_ingest_defects import grey_mp4, matroska_with_long_audio, mixed_size_video, vfr_video
+    from vwm.data.pipeline import build_dataset, skip_ledger
+    from vwm.data.shards import Sample, write_shard
+
+    d = tmp_path / "videos"
+    d.mkdir()
+    (d / "mixed.mp4").write_bytes(mixed_size_video())
+    (d / "vfr.mp4").write_bytes(vfr_video([0, 100, 133, 166, 266, 300, 333, 433, 466, 500, 600, 633, 666, 700]))
+    (d / "long.mkv").write_bytes(matroska_with_long_audio())
+    (d / "long.webm").write_bytes(matroska_with_long_audio(fmt="webm"))
+    write_shard(str(d / "warn.tar"), [Sample("a", {"mp4": grey_mp4(), "json": b"null"}),
+                                      Sample("orphan", {"json": b"{}"}), Sample("b", {"mp4": grey_mp4(), "txt": b"x"})])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("a/0001.mp4", "b/0001.mp4", "clip.v2.mp4"):
+            info = tarfile.TarInfo(name)
+            data = grey_mp4(16 + len(tar.getmembers()))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (d / "folders.tar.gz").write_bytes(gzip.compress(buf.getvalue(), mtime=0))
+    write_shard(str(d / "bad.tar"), [Sample.from_video(f"k{i:02d}", grey_mp4(12 + i)) for i in range(16)])
+    with tarfile.open(d / "bad.tar") as tar:
+        at = tar.getmembers()[2].offset
+    broken = bytearray((d / "bad.tar").read_bytes())
+    broken[at: at + 512] = b"\xab" * 512
+    (d / "bad.tar").write_bytes(bytes(broken))
+
+    ledger = skip_ledger("test-real-world")
+    cfg = _data_cfg([str(d)], frame_step=1, clips_per_video=1)
+    keys = [r["key"] for r in build_dataset(cfg, seed=0, epochs=range(1), ledger=ledger).iter_rows()]
+    assert sorted(k.removeprefix(str(d) + "/") for k in keys) == [
+        "bad.tar#k00", "bad.tar#k01", "folders.tar.gz#a/0001", "folders.tar.gz#b/0001", "folders.tar.gz#clip",
+        "long.mkv",
+        "long.webm", "mixed.mp4", "vfr.mp4", "warn.tar#a", "warn.tar#b"]
+    skipped = dict(ray.get(ledger.logged.remote()))
+    assert ray.get(ledger.count.remote()) == 1 and "corrupt" in skipped[str(d / "bad.tar")], skipped
+    assert sorted(ray.get(ledger.warnings.remote())) == [f"{d}/warn.tar#a.json", f"{d}/warn.tar#orphan"]
 
 
 def test_same_seed_and_epoch_give_the_same_clips_in_the_same_order(local_shards):

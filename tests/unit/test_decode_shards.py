@@ -1,11 +1,15 @@
 """PyAV encoding and clip decoding, WebDataset shards, listing errors, augmentation (no Ray)."""
 
+import io
+import json
+import tarfile
+
 import numpy as np
 import pytest
 
 from vwm.config import AugmentConfig, SyntheticConfig
 from vwm.data.decode import DecodeError, decode_clips, encode_mp4, probe
-from vwm.data.shards import DataSourceError, Sample, iter_samples, list_sources, write_shard
+from vwm.data.shards import DataSourceError, MetadataError, Sample, iter_samples, list_sources, write_shard
 from vwm.data.synthetic import render_video
 from vwm.data.transforms import augment_clip, crop_box
 
@@ -78,9 +82,9 @@ def test_zeroed_bytes_mid_stream_are_a_decode_error(video):
 def test_shard_round_trip_and_corrupt_shard(tmp_path, video):
     _, data, meta = video
     uri = str(tmp_path / "s" / "shard-00000.tar")
-    write_shard(uri, [Sample("a", data, meta), Sample("b", data, {})])
+    write_shard(uri, [Sample.from_video("a", data, meta), Sample.from_video("b", data)])
     first = (tmp_path / "s" / "shard-00000.tar").read_bytes()
-    write_shard(uri, [Sample("a", data, meta), Sample("b", data, {})])
+    write_shard(uri, [Sample.from_video("a", data, meta), Sample.from_video("b", data)])
     assert (tmp_path / "s" / "shard-00000.tar").read_bytes() == first, "shards are byte-deterministic"
     got = list(iter_samples(uri))
     assert [s.key for s in got] == ["a", "b"] and got[0].meta == meta and got[0].video == data
@@ -112,3 +116,47 @@ def test_augment_crop_box_ranges_and_shape():
     assert out.shape == (4, 32, 32, 3) and out.dtype == np.uint8
     flipped = augment_clip(clip, 60, AugmentConfig(random_resized_crop=False, hflip=1.0), np.random.default_rng(0))
     assert np.array_equal(flipped, clip[:, :, 10:70][:, :, ::-1])
+
+
+def test_shard_samples_keep_every_member_byte_for_byte(tmp_path, video):
+    _, data, meta = video
+    uri = str(tmp_path / "traj-00000.tar")
+    members = {"mp4": data, "npz": b"\x93NUMPY actions", "json": b'{"task": "push"}'}
+    write_shard(uri, [Sample("ep/000", dict(members)), Sample.from_video("ep/001", data, meta)])
+    got = list(iter_samples(uri))
+    assert [(s.key, s.members) for s in got] == [
+        ("ep/000", members), ("ep/001", {"mp4": data, "json": json.dumps(meta, sort_keys=True).encode()})]
+    assert got[0].video == data and got[0].meta == {"task": "push"} and got[0].source == f"{uri}#ep/000"
+    assert Sample("k", {"npz": b"x"}).video == b"" and Sample("k", {"npz": b"x"}).meta == {}
+    with pytest.raises(ValueError, match=r"sample key 'clip.v2'.*rename the key"):
+        write_shard(str(tmp_path / "bad.tar"), [Sample("clip.v2", {"mp4": data})])
+
+
+def _raw_tar(path, members: list[tuple[str, bytes]]) -> str:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def test_tar_keys_follow_the_webdataset_rule(tmp_path, video):
+    _, data, _ = video
+    # same file name in two folders: two keys; `clip.v2.mp4` is key `clip`, extension `v2.mp4`
+    uri = _raw_tar(tmp_path / "s.tar", [("a/0001.mp4", data), ("b/0001.mp4", data), ("b/0001.json", b'{"x": 1}'),
+                                        ("clip.v2.mp4", data), ("README", b"no extension: ignored")])
+    got = list(iter_samples(uri))
+    assert [(s.key, sorted(s.members)) for s in got] == [("a/0001", ["mp4"]), ("b/0001", ["json", "mp4"]),
+                                                          ("clip", ["v2.mp4"])]
+    assert all(s.video == data for s in got) and got[1].meta == {"x": 1}
+    (tmp_path / "clip.v2.mp4").write_bytes(data)
+    [loose] = iter_samples(str(tmp_path / "clip.v2.mp4"))
+    assert loose.key == "clip" and loose.video == data
+
+
+@pytest.mark.parametrize("text, kind", [(b"null", "NoneType"), (b"[1, 2]", "list"), (b"7", "int")])
+def test_metadata_that_is_not_an_object_is_rejected_naming_the_file(text, kind):
+    sample = Sample("k", {"mp4": b"v", "json": text}, source="s.tar#k")
+    with pytest.raises(MetadataError, match=rf"s.tar#k.json: metadata must be a JSON object, got {kind}"):
+        sample.meta

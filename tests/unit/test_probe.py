@@ -54,7 +54,7 @@ def _labelled_shard(path, n: int, meta_key: str = "direction", corrupt: int | No
     for i in range(n):
         frames, meta = render_video(cfg, 3, i)
         video = b"not a video" if i == corrupt else encode_mp4(frames, cfg.fps)
-        samples.append(Sample(f"v{i:03d}", video, {meta_key: meta["direction"]}))
+        samples.append(Sample.from_video(f"v{i:03d}", video, {meta_key: meta["direction"]}))
     write_shard(str(path), samples)
 
 

@@ -20,7 +20,8 @@ import json
 import logging
 import zlib
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 import numpy as np
 import ray
@@ -28,20 +29,34 @@ import ray.data
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from vwm.config import DataConfig
-from vwm.data.decode import DecodeError, decode_clips
-from vwm.data.shards import iter_samples, list_sources
+from vwm.data.decode import DecodeError, iter_clips
+from vwm.data.shards import Skip, iter_samples, list_sources
 from vwm.data.transforms import augment_clip
 
 log = logging.getLogger(__name__)
 _MAX_BLOCKS = 4096
+# clips of one output block: a shard's clips leave in several blocks, not stacked into one big one
+_BATCH_BYTES = 32 << 20
 
 
 @ray.remote(num_cpus=0)
 class SkipLedger:
-    """Counts the videos the pipeline skipped; logs each with path and reason up to a cap."""
+    """Counts the videos the pipeline skipped; logs each with path and reason up to a cap. Warnings (a
+    dropped member of a kept video) are logged once each, never counted."""
 
     def __init__(self, log_cap: int = 50):
         self.log_cap, self.sources, self.entries = log_cap, set(), []
+        self.warned: dict[str, str] = {}
+
+    def warn(self, source: str, reason: str) -> None:
+        if source in self.warned:
+            return
+        self.warned[source] = reason
+        if len(self.warned) <= self.log_cap:
+            print(f"[vwm data] warning {source}: {reason}", flush=True)
+
+    def warnings(self) -> dict[str, str]:
+        return dict(self.warned)
 
     def record(self, source: str, reason: str) -> None:
         if source in self.sources:  # every epoch meets the same bad file again: count it once
@@ -70,38 +85,57 @@ def epoch_order(sources: list[str], seed: int, epoch: int) -> list[str]:
     return [sources[i] for i in perm]
 
 
-def _record(ledger, source: str, reason: str) -> None:
+def _record(ledger, skip: Skip) -> None:
     # waited for: skips are rare, and the count must be complete once the clips have been consumed
-    ray.get(ledger.record.remote(source, reason))
+    ray.get((ledger.record if skip.lost else ledger.warn).remote(skip.source, skip.reason))
 
 
 def _decode_files(batch: dict[str, np.ndarray], *, cfg: DataConfig, seed: int, ledger) -> Iterator[dict]:
-    """One output batch per input file; nothing at all for a file with no usable video."""
+    """Output batches of at most ``_BATCH_BYTES`` of clips per input file; none for a file with no usable video."""
     for uri, epoch, order in zip(batch["uri"], batch["epoch"], batch["order"]):
-        out = _decode_file(str(uri), int(epoch), int(order), cfg, seed, ledger)
-        if out is not None:
-            yield out
+        yield from _decode_file(str(uri), int(epoch), int(order), cfg, seed, partial(_record, ledger))
 
 
-def _decode_file(uri: str, epoch: int, order: int, cfg: DataConfig, seed: int, ledger) -> dict | None:
+def _decode_file(uri: str, epoch: int, order: int, cfg: DataConfig, seed: int, record: Callable[[Skip], None],
+                 batch_bytes: int = _BATCH_BYTES) -> Iterator[dict]:
+    """Augmented clips of every video of one file, in batches of about ``batch_bytes``; a video's clips stay
+    in one batch. Any failure of one video, whatever its kind, is a recorded skip of that video."""
+    clip_bytes = cfg.frames * cfg.crop * cfg.crop * 3
     clips, keys, metas = [], [], []
-    for sample in iter_samples(uri, cfg.endpoint_url):
-        if isinstance(sample, tuple):
-            _record(ledger, *sample)
+    samples = iter_samples(uri, cfg.endpoint_url)
+    while True:
+        try:
+            sample = next(samples, None)
+        except Exception as e:  # a storage error mid-shard: the rest of the file is lost, not the run
+            record(Skip(uri, f"reading failed ({type(e).__name__}: {e}); the rest of this file is lost"))
+            break
+        if sample is None:
+            break
+        if isinstance(sample, Skip):
+            record(sample)
             continue
         rng = np.random.default_rng([seed, epoch, zlib.crc32(sample.source.encode())])
         try:
-            raw = decode_clips(sample.video, frames=cfg.frames, frame_step=cfg.frame_step,
-                               target_fps=cfg.target_fps, clips_per_video=cfg.clips_per_video, rng=rng)
-        except DecodeError as e:
-            _record(ledger, sample.source, str(e))
+            meta = json.dumps(sample.meta, sort_keys=True)
+            with sample.open_video() as f:
+                video_clips = [augment_clip(clip_THWC, cfg.crop, cfg.augment, rng)
+                               for clip_THWC in iter_clips(f, frames=cfg.frames, frame_step=cfg.frame_step,
+                                                           target_fps=cfg.target_fps,
+                                                           clips_per_video=cfg.clips_per_video, rng=rng)]
+        except Exception as e:
+            record(Skip(sample.source, str(e) if isinstance(e, DecodeError) else f"{type(e).__name__}: {e}"))
             continue
-        for clip_THWC in raw:
-            clips.append(augment_clip(clip_THWC, cfg.crop, cfg.augment, rng))
-            keys.append(sample.source)
-            metas.append(json.dumps(sample.meta, sort_keys=True))
-    if not clips:
-        return None
+        clips += video_clips
+        keys += [sample.source] * len(video_clips)
+        metas += [meta] * len(video_clips)
+        if len(clips) * clip_bytes >= batch_bytes:
+            yield _clip_batch(clips, keys, metas, epoch, order)
+            clips, keys, metas = [], [], []
+    if clips:
+        yield _clip_batch(clips, keys, metas, epoch, order)
+
+
+def _clip_batch(clips: list[np.ndarray], keys: list[str], metas: list[str], epoch: int, order: int) -> dict:
     n = len(clips)
     return {"clips": np.stack(clips), "epoch": np.full(n, epoch, dtype=np.int64),
             "order": np.full(n, order, dtype=np.int64), "key": np.asarray(keys, dtype=object),

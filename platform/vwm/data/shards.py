@@ -1,8 +1,14 @@
 """Where videos live: folders or prefixes of video files and WebDataset tar shards, local or ``s3://``.
 
-A WebDataset shard is a tar whose members are grouped by key: ``KEY.mp4`` and an optional ``KEY.json``
-with metadata (label, fps, actions, ...). S3 goes through s3fs; ``endpoint_url`` serves S3-compatible
+A WebDataset shard is a tar whose members are grouped by key, following WebDataset's rule: the key is
+the member's full path up to the first dot of its file name, the extension is the rest (``a/clip.v2.mp4``
+is key ``a/clip``, extension ``v2.mp4``). A sample holds every member of its key, e.g. ``KEY.mp4``, an
+optional ``KEY.json`` with metadata (label, fps, actions, ...), ``KEY.npz``. A member is a video when its
+last extension is one of ``VIDEO_EXTS``. S3 goes through s3fs; ``endpoint_url`` serves S3-compatible
 stores; credentials come from the standard AWS environment variables and are never logged.
+
+A bad shard never raises: ``iter_samples`` yields a ``Skip`` naming the file (or tar key) and the reason,
+after every complete sample before the damage. A loose video file is opened only when its video is read.
 """
 
 from __future__ import annotations
@@ -10,25 +16,102 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from typing import BinaryIO, NamedTuple
 
 import fsspec
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
-SHARD_EXTS = (".tar",)
+SHARD_EXTS = (".tar", ".tar.gz", ".tgz")  # any tar compression is read; these names are listed
 
 
 class DataSourceError(ValueError):
     """A path that matches nothing, a missing bucket, an unreadable listing: found before any work starts."""
 
 
+class Skip(NamedTuple):
+    """Something ``iter_samples`` could not deliver whole: a lost video, or (``lost=False``) a warning about
+    a member dropped from a sample whose video is kept."""
+
+    source: str
+    reason: str
+    lost: bool = True
+
+
+class MetadataError(ValueError):
+    """A ``KEY.json`` member that is not a JSON object."""
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """(key, extension) of a member path by WebDataset's rule; None for a file name without a dot."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not stem or not dot or not ext:
+        return None
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def is_video_ext(ext: str) -> bool:
+    return "." + ext.rsplit(".", 1)[-1].lower() in VIDEO_EXTS
+
+
+def parse_meta(data: bytes, source: str) -> dict:
+    """The metadata object of a ``KEY.json`` member; MetadataError naming ``source`` for anything else."""
+    try:
+        meta = json.loads(data)
+    except ValueError as e:
+        raise MetadataError(f"{source}: metadata is not valid JSON ({e}); fix or remove the .json member") from None
+    if not isinstance(meta, dict):
+        raise MetadataError(f"{source}: metadata must be a JSON object, got {type(meta).__name__} "
+                            f"({data[:40]!r}); write an object such as {{\"label\": ...}} or remove the .json member")
+    return meta
+
+
 @dataclass
 class Sample:
+    """All members of one key: extension (``mp4``, ``json``, ``v2.mp4``, ``npz``, ...) -> bytes."""
+
     key: str
-    video: bytes
-    meta: dict = field(default_factory=dict)
-    source: str = ""  # the file (and tar member) this came from, for error reports
+    members: dict[str, bytes] = field(default_factory=dict)
+    source: str = ""  # the file (and tar key) this came from, for error reports
+    # a loose video file: opened on demand instead of held in ``members``
+    opener: Callable[[], BinaryIO] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_video(cls, key: str, video: bytes, meta: dict | None = None, ext: str = "mp4") -> Sample:
+        """A video sample with optional metadata, stored as ``KEY.json`` with sorted keys (deterministic)."""
+        members = {ext: video}
+        if meta:
+            members["json"] = json.dumps(meta, sort_keys=True).encode()
+        return cls(key=key, members=members)
+
+    @property
+    def video_ext(self) -> str | None:
+        """Extension of the first video member (or of the loose file), None when the sample has none."""
+        if self.opener is not None:
+            ext = (split_name(self.source.rsplit("/", 1)[-1]) or ("", ""))[1]
+            return ext if is_video_ext(ext) else None
+        return next((ext for ext in self.members if is_video_ext(ext)), None)
+
+    @property
+    def video(self) -> bytes:
+        """The video's bytes, b"" if none; ``open_video`` reads a loose file without loading it whole."""
+        if self.opener is not None:
+            with self.opener() as f:
+                return f.read()
+        ext = self.video_ext
+        return self.members[ext] if ext is not None else b""
+
+    def open_video(self) -> BinaryIO:
+        """The video as a seekable binary file (use in a ``with`` block)."""
+        return self.opener() if self.opener is not None else io.BytesIO(self.video)
+
+    @property
+    def meta(self) -> dict:
+        data = self.members.get("json")
+        return {} if data is None else parse_meta(data, f"{self.source or self.key}.json")
 
 
 def filesystem(uri: str, endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -69,73 +152,106 @@ def list_sources(paths: list[str], endpoint_url: str | None = None) -> list[str]
     return found
 
 
-def iter_samples(uri: str, endpoint_url: str | None = None) -> Iterator[Sample | tuple[str, str]]:
-    """Samples of one file: a single video, or every key of a tar shard in order.
+def iter_samples(uri: str, endpoint_url: str | None = None) -> Iterator[Sample | Skip]:
+    """Samples of one file: a loose video (opened on demand), or every key of a tar shard in order.
 
-    Yields ``(source, reason)`` instead of a Sample for what cannot be read, so callers count the loss
-    and go on: a truncated shard gives up its readable prefix and one error for the rest.
+    Yields a ``Skip`` instead of a Sample for what cannot be read, so callers count the loss and go on: a
+    damaged shard gives up every complete sample before the damage, then one Skip for the rest.
     """
     fs, path = filesystem(uri, endpoint_url)
+    if not path.lower().endswith(SHARD_EXTS):
+        name = path.rsplit("/", 1)[-1]
+        key = (split_name(name) or (name, ""))[0]
+        yield Sample(key=key, source=uri, opener=partial(fs.open, path, "rb"))
+        return
     try:
-        if not path.lower().endswith(SHARD_EXTS):
-            with fs.open(path, "rb") as f:
-                yield Sample(key=path.rsplit("/", 1)[-1].rsplit(".", 1)[0], video=f.read(), source=uri)
-            return
         with fs.open(path, "rb") as f:
-            yield from _iter_tar(f, uri, size=fs.size(path))
+            yield from _iter_tar(f, uri)
     except (OSError, tarfile.TarError, EOFError) as e:
-        yield (uri, f"unreadable file ({type(e).__name__}: {e})")
+        yield Skip(uri, f"unreadable file ({type(e).__name__}: {e})")
 
 
-def _iter_tar(fileobj, uri: str, size: int) -> Iterator[Sample | tuple[str, str]]:
-    """Samples grouped by key from consecutive members; a damaged shard gives up its readable prefix."""
+class _Header(tarfile.TarInfo):
+    """Keeps the header error tarfile stopped at: it reads a bad header mid-archive, or a cut on a member
+    boundary, as the end of the archive, silently."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as e:
+            tar.stopped_at = e
+            raise
+
+
+def _iter_tar(fileobj, uri: str) -> Iterator[Sample | Skip]:
+    """Samples grouped by key from consecutive members (plain or compressed tar, read as a stream)."""
     current: Sample | None = None
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_Header) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
-                name = member.name.rsplit("/", 1)[-1]
-                key, _, ext = name.partition(".")
+                parts = split_name(member.name)
+                if parts is None:
+                    continue  # WebDataset ignores names without an extension too
+                key, ext = parts
                 data = tar.extractfile(member).read()
                 if current is not None and current.key != key:
                     yield from _finish(current)
                     current = None
                 if current is None:
-                    current = Sample(key=key, video=b"", source=f"{uri}#{key}")
-                if ext.lower() == "json":
+                    current = Sample(key=key, source=f"{uri}#{key}")
+                if ext == "json":
                     try:
-                        current.meta = json.loads(data)
-                    except ValueError as e:
-                        yield (f"{uri}#{name}", f"bad metadata JSON ({e}); video kept without metadata")
-                elif "." + ext.lower() in VIDEO_EXTS:
-                    current.video = data
-            # a tar ends with two zero blocks; a cut on a member boundary would read as complete otherwise
-            if size - tar.offset < 2 * tarfile.BLOCKSIZE:
-                raise tarfile.ReadError("no end-of-archive marker")
+                        parse_meta(data, f"{uri}#{member.name}")
+                    except MetadataError as e:
+                        yield Skip(f"{uri}#{member.name}", f"{e}; video kept without metadata", lost=False)
+                        continue
+                current.members[ext] = data
+            _check_end(tar)
         if current is not None:
             yield from _finish(current)
     except (tarfile.TarError, EOFError, OSError) as e:
-        yield (uri, f"tar shard ends early or is corrupt after key {current.key if current else '(none)'}"
-                    f" ({type(e).__name__}: {e}); the rest of this shard is lost")
+        if current is not None and current.video:  # every member read so far is whole
+            yield current
+        yield Skip(uri, f"tar shard ends early or is corrupt after key {current.key if current else '(none)'}"
+                        f" ({type(e).__name__}: {e}); the rest of this shard is lost")
 
 
-def _finish(sample: Sample) -> Iterator[Sample | tuple[str, str]]:
+def _check_end(tar: tarfile.TarFile) -> None:
+    """A tar ends with zero blocks; anything else where tarfile stopped is damage, not the end."""
+    stop = getattr(tar, "stopped_at", None)
+    if not isinstance(stop, tarfile.EOFHeaderError):
+        what = "no end-of-archive marker" if isinstance(stop, tarfile.EmptyHeaderError) else str(stop)
+        raise tarfile.ReadError(f"{what} at byte {tar.offset} of the uncompressed tar")
+    # a zeroed stretch reads as an end marker too: what follows a real one is zero padding only
+    while chunk := tar.fileobj.read(1 << 16):
+        if chunk.strip(b"\0"):
+            raise tarfile.ReadError(f"data after the end-of-archive marker at byte {tar.offset} (zeroed "
+                                    "headers?)")
+
+
+def _finish(sample: Sample) -> Iterator[Sample | Skip]:
     if sample.video:
         yield sample
-    else:
-        yield (sample.source, "tar key has metadata but no video member")
+    else:  # metadata or other files without a video: nothing lost
+        yield Skip(sample.source, f"tar key has no video member (members: {', '.join(sample.members)}); "
+                                  "ignored", lost=False)
 
 
 def write_shard(uri: str, samples: list[Sample], endpoint_url: str | None = None) -> int:
-    """A WebDataset tar of ``KEY.mp4`` (+ ``KEY.json``), byte-identical for identical samples; returns bytes."""
+    """A WebDataset tar of every member ``KEY.EXT`` of each sample, in order (USTAR, mtime 0, mode 644):
+    byte-identical for identical samples. Returns the size in bytes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
-            members = [(f"{s.key}.mp4", s.video)]
-            if s.meta:
-                members.append((f"{s.key}.json", json.dumps(s.meta, sort_keys=True).encode()))
-            for name, data in members:
+            for ext, data in s.members.items():
+                name = f"{s.key}.{ext}"
+                if split_name(name) != (s.key, ext.lower()):
+                    raise ValueError(f"sample key {s.key!r} with member {ext!r} would read back under another key "
+                                     "(no dot allowed in the key's file name, extension must be non-empty); "
+                                     "rename the key")
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from vwm.config import SyntheticConfig
 from vwm.data.decode import DecodeError, encode_mp4, probe
-from vwm.data.shards import DataSourceError, Sample, filesystem, iter_samples, list_sources, write_shard
+from vwm.data.shards import DataSourceError, Sample, Skip, filesystem, iter_samples, list_sources, write_shard
 from vwm.data.synthetic import render_video
 
 
@@ -34,7 +34,7 @@ def _synth_shard(out: str, shard: int, indices: list[int], cfg: SyntheticConfig,
     samples = []
     for i in indices:
         frames_THWC, meta = render_video(cfg, seed, i)
-        samples.append(Sample(key=f"video-{i:07d}", video=encode_mp4(frames_THWC, cfg.fps), meta=meta))
+        samples.append(Sample.from_video(f"video-{i:07d}", encode_mp4(frames_THWC, cfg.fps), meta))
     uri = f"{out.rstrip('/')}/shard-{shard:05d}.tar"
     return uri, len(samples), write_shard(uri, samples, endpoint_url)
 
@@ -59,44 +59,58 @@ def run_synth(out: str, *, num_videos: int, shards: int, seed: int, cfg: Synthet
 @dataclass
 class InspectReport:
     videos: int = 0
+    frames: int = 0  # video frames counted from the packets where a header has no count (Matroska, WebM)
     seconds: float = 0.0
     resolutions: Counter = field(default_factory=Counter)
     fps: Counter = field(default_factory=Counter)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # dropped members of videos kept
 
     def merge(self, other: InspectReport) -> None:
         self.videos += other.videos
+        self.frames += other.frames
         self.seconds += other.seconds
         self.resolutions.update(other.resolutions)
         self.fps.update(other.fps)
         self.unreadable.extend(other.unreadable)
+        self.warnings.extend(other.warnings)
 
     def text(self) -> str:
-        lines = [f"videos: {self.videos}", f"total duration: {self.seconds:.1f} s ({self.seconds / 3600:.2f} h)",
+        lines = [f"videos: {self.videos}", f"frames: {self.frames}",
+                 f"total duration: {self.seconds:.1f} s ({self.seconds / 3600:.2f} h)",
                  "resolutions: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in self.resolutions.most_common()),
                  "fps: " + ", ".join(f"{f:g}: {n}" for f, n in sorted(self.fps.items())),
                  f"unreadable: {len(self.unreadable)}"]
         lines += [f"  {src}: {why}" for src, why in self.unreadable]
+        if self.warnings:
+            lines += [f"warnings (no video lost): {len(self.warnings)}"]
+            lines += [f"  {src}: {why}" for src, why in self.warnings]
         return "\n".join(lines)
 
 
-@ray.remote(num_cpus=1)
-def _inspect_file(uri: str, endpoint_url: str | None) -> InspectReport:
+def inspect_file(uri: str, endpoint_url: str | None = None) -> InspectReport:
+    """Facts of every video of one file (loose video or shard), and what could not be read."""
     report = InspectReport()
     for sample in iter_samples(uri, endpoint_url):
-        if isinstance(sample, tuple):
-            report.unreadable.append(sample)
+        if isinstance(sample, Skip):
+            (report.unreadable if sample.lost else report.warnings).append((sample.source, sample.reason))
             continue
         try:
-            info = probe(sample.video)
-        except DecodeError as e:
-            report.unreadable.append((sample.source, str(e)))
+            with sample.open_video() as f:
+                info = probe(f)
+        except Exception as e:  # one bad video is a line of the report, not the end of it
+            report.unreadable.append((sample.source, str(e) if isinstance(e, DecodeError) else
+                                      f"{type(e).__name__}: {e}"))
             continue
         report.videos += 1
+        report.frames += info.frames
         report.seconds += info.duration_s
         report.resolutions[(info.width, info.height)] += 1
         report.fps[round(info.fps, 2)] += 1
     return report
+
+
+_inspect_file = ray.remote(num_cpus=1)(inspect_file)
 
 
 def run_inspect(paths: list[str], endpoint_url: str | None = None) -> InspectReport:
