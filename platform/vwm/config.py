@@ -197,7 +197,8 @@ class WeightDecayConfig(_Strict):
 class EMAConfig(_Strict):
     start: float = Field(0.998, ge=0, le=1)
     end: float = Field(1.0, ge=0, le=1)
-    ramp_steps: int | None = Field(None, ge=1, description="steps from start to end; default: train.steps")
+    ramp_steps: int | None = Field(None, ge=1, description="steps from start to end; default: the schedule's "
+                                   "length, round(optim.schedule_scale x train.steps)")
 
 
 class OptimConfig(_Strict):
@@ -208,6 +209,9 @@ class OptimConfig(_Strict):
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(10.0, ge=0, description="0 disables clipping")
     grad_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    schedule_scale: float = Field(
+        1.0, gt=0, description="lr, weight decay and EMA schedules span round(schedule_scale x train.steps) steps; "
+        "V-JEPA's ipe_scale 1.25 stops a run at 80% of its schedules")
 
 
 # ------------------------------------------------------------------------------------------ training

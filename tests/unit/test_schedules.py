@@ -69,6 +69,30 @@ def test_weight_decay_cosine_and_ema_linear():
     assert ema_at(7, EMAConfig(start=0.99925, end=0.99925), 100) == pytest.approx(0.99925)
 
 
+def test_schedule_scale_stops_a_vjepa_run_at_80_percent_of_its_schedules():
+    """configs/train/vitl16 (V-JEPA): 300 epochs x 300 iterations, warmup 40 epochs, ipe_scale 1.25."""
+    lr, wd, ema = LRConfig(start=2e-4, peak=6.25e-4, final=1e-6, warmup_steps=12000), WeightDecayConfig(), EMAConfig()
+    steps, t_max = 90000, int(1.25 * 90000)
+    reference = _reference_lr(12000, 2e-4, 6.25e-4, 1e-6, t_max, steps)
+    for k in (0, 11998, 11999, 45000, steps - 1):
+        assert lr_at(k, lr, steps, 1.25) == pytest.approx(reference[k], rel=1e-12)
+    assert lr_at(steps - 1, lr, steps, 1.25) == pytest.approx(7.5e-5, rel=0.02)
+    assert wd_at(steps - 1, wd, steps, 1.25) == pytest.approx(_reference_wd(0.04, 0.4, t_max, steps)[-1], rel=1e-12)
+    momentum = [0.998 + i * 0.002 / (300 * 300 * 1.25) for i in range(steps)]  # the reference's generator
+    assert [ema_at(k, ema, steps, 1.25) for k in (0, 5000, steps - 1)] == pytest.approx(
+        [momentum[0], momentum[5000], momentum[-1]], rel=1e-12)
+
+
+def test_schedule_scale_stretches_only_the_cooldown_of_warmup_constant_decay():
+    """V-JEPA 2's cooldown is a run of its own whose linear decay spans ipe_scale times that run."""
+    cfg = LRConfig(schedule="warmup_constant_decay", start=1e-4, peak=5.25e-4, final=1e-6,
+                   warmup_steps=10, decay_steps=20)
+    ours = [lr_at(k, cfg, 100, 1.25) for k in range(100)]
+    reference = _reference_lr(10, 1e-4, 5.25e-4, 5.25e-4, 100, 80) + _reference_linear_decay(5.25e-4, 1e-6, 25, 20)
+    assert ours == pytest.approx(reference, rel=1e-12)
+    assert ours[-1] == pytest.approx(5.25e-4 + 0.8 * (1e-6 - 5.25e-4))
+
+
 def test_schedules_are_pure_functions_of_the_step():
     cfg = LRConfig()
     forward = [lr_at(s, cfg, 1000) for s in range(0, 1000, 37)]
