@@ -143,6 +143,9 @@ class ModelConfig(_Strict):
     patch_size: int = Field(16, ge=1)
     tubelet_size: int = Field(2, ge=1)
     pos_embed: Literal["sincos", "rope"] = "sincos"
+    sincos_uniform_power: bool = Field(
+        False, description="sincos: every axis 2*ceil(D/6) channels (V-JEPA's uniform_power); "
+        "false: D/2 for time, D/4 each for height and width")
     qkv_bias: bool = True
     init_std: float = Field(0.02, gt=0)
     activation_checkpointing: bool = False

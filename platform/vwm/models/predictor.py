@@ -23,7 +23,8 @@ class Predictor(nn.Module):
         # one learned token per mask set, zero-initialised as in V-JEPA
         self.mask_tokens = nn.Parameter(torch.zeros(num_mask_sets, p.dim))
         self.rope = Rope3D(p.dim // p.heads, grid) if cfg.pos_embed == "rope" else None
-        self.register_buffer("pos_ND", sincos_3d(p.dim, grid) if self.rope is None else None, persistent=False)
+        pos_ND = sincos_3d(p.dim, grid, cfg.sincos_uniform_power) if self.rope is None else None
+        self.register_buffer("pos_ND", pos_ND, persistent=False)
         self.blocks = nn.ModuleList(Block(p.dim, p.heads, p.mlp_ratio, cfg.qkv_bias) for _ in range(p.depth))
         self.norm = nn.LayerNorm(p.dim, eps=1e-6)
         self.proj = nn.Linear(p.dim, cfg.dim)
