@@ -130,6 +130,8 @@ class PredictorConfig(_Strict):
     depth: int = Field(12, ge=1)
     heads: int = Field(12, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
+    shared_mask_token: bool = Field(
+        False, description="one learned mask token for every mask set (V-JEPA 2); false: one per set (V-JEPA)")
 
 
 class ModelConfig(_Strict):
