@@ -191,7 +191,8 @@ class LRConfig(_Strict):
     peak: float = Field(6.25e-4, gt=0)
     final: float = Field(1e-6, ge=0)
     warmup_steps: int = Field(40, ge=0)
-    decay_steps: int = Field(0, ge=0, description="warmup_constant_decay: length of the final linear cooldown")
+    decay_steps: int = Field(0, ge=0, description="warmup_constant_decay: the run's last steps, a linear cooldown "
+                             "whose ramp spans optim.schedule_scale x decay_steps")
 
 
 class WeightDecayConfig(_Strict):
