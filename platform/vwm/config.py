@@ -130,6 +130,8 @@ class PredictorConfig(_Strict):
     depth: int = Field(12, ge=1)
     heads: int = Field(12, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
+    shared_mask_token: bool = Field(
+        False, description="one learned mask token for every mask set (V-JEPA 2); false: one per set (V-JEPA)")
 
 
 class ModelConfig(_Strict):
@@ -143,6 +145,9 @@ class ModelConfig(_Strict):
     patch_size: int = Field(16, ge=1)
     tubelet_size: int = Field(2, ge=1)
     pos_embed: Literal["sincos", "rope"] = "sincos"
+    sincos_uniform_power: bool = Field(
+        False, description="sincos: every axis 2*ceil(D/6) channels (V-JEPA's uniform_power); "
+        "false: D/2 for time, D/4 each for height and width")
     qkv_bias: bool = True
     init_std: float = Field(0.02, gt=0)
     activation_checkpointing: bool = False
@@ -186,7 +191,8 @@ class LRConfig(_Strict):
     peak: float = Field(6.25e-4, gt=0)
     final: float = Field(1e-6, ge=0)
     warmup_steps: int = Field(40, ge=0)
-    decay_steps: int = Field(0, ge=0, description="warmup_constant_decay: length of the final linear cooldown")
+    decay_steps: int = Field(0, ge=0, description="warmup_constant_decay: the run's last steps, a linear cooldown "
+                             "whose ramp spans optim.schedule_scale x decay_steps")
 
 
 class WeightDecayConfig(_Strict):
@@ -197,7 +203,8 @@ class WeightDecayConfig(_Strict):
 class EMAConfig(_Strict):
     start: float = Field(0.998, ge=0, le=1)
     end: float = Field(1.0, ge=0, le=1)
-    ramp_steps: int | None = Field(None, ge=1, description="steps from start to end; default: train.steps")
+    ramp_steps: int | None = Field(None, ge=1, description="steps from start to end; default: the schedule's "
+                                   "length, round(optim.schedule_scale x train.steps)")
 
 
 class OptimConfig(_Strict):
@@ -208,6 +215,9 @@ class OptimConfig(_Strict):
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(10.0, ge=0, description="0 disables clipping")
     grad_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    schedule_scale: float = Field(
+        1.0, gt=0, description="lr, weight decay and EMA schedules span round(schedule_scale x train.steps) steps; "
+        "V-JEPA's ipe_scale 1.25 stops a run at 80% of its schedules")
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -36,6 +36,25 @@ def test_manifest_weights_and_encode_match_the_encoder(tmp_path):
     assert not any(p.requires_grad for p in wm.encoder.parameters())
 
 
+def test_shared_mask_token_predictor_round_trips(tmp_path):
+    """V-JEPA 2's single mask token: the artifact rebuilds a predictor with one token, used by every set."""
+    cfg = ModelConfig(preset="debug", predictor={"shared_mask_token": True})
+    jepa, target = build_models(cfg, frames=8, crop=64, num_mask_sets=2)
+    with torch.no_grad():
+        jepa.predictor.mask_tokens.normal_()  # a trained token, not the zero init
+    write_artifact(tmp_path / "wm", kind="vjepa", model_config=cfg, frames=8, crop=64,
+                   weights={"encoder": target.state_dict(), "predictor": jepa.predictor.state_dict()},
+                   extras={"num_mask_sets": 2})
+    wm = read_world_model(tmp_path / "wm")
+    assert wm.model_config.predictor.shared_mask_token and wm.predictor.mask_tokens.shape == (1, 64)
+    ctx_BND, ctx, tgt = torch.randn(1, 3, 96), torch.tensor([[0, 5, 9]]), torch.tensor([[1, 2]])
+    preds = [wm.predictor(ctx_BND, ctx, tgt, mask_set=i) for i in (0, 1)]
+    torch.testing.assert_close(preds[0], preds[1])
+    torch.testing.assert_close(preds[0], jepa.predictor.eval()(ctx_BND, ctx, tgt, mask_set=1))
+    per_set = ModelConfig(preset="debug")
+    assert build_models(per_set, frames=8, crop=64, num_mask_sets=2)[0].predictor.mask_tokens.shape == (2, 64)
+
+
 def test_wave1_world_model_file_still_loads(tmp_path):
     jepa, target = build_models(CFG, frames=8, crop=64, num_mask_sets=2)
     (tmp_path / "old").mkdir()

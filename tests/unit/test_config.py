@@ -91,3 +91,40 @@ def test_cli_config_error_exits_2_before_any_work(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown key model.dpeth" in lines[0] and "did you mean model.depth" in lines[0]
     assert not any(tmp_path.iterdir()), "nothing may be written before the config is valid"
+
+
+RECIPES = REPO / "configs" / "pretrain"
+
+
+@pytest.mark.parametrize("recipe", ["vjepa_vitl.yaml", "vjepa2_vitg.yaml"])
+def test_gpu_recipes_need_data_paths_and_load_with_them(recipe):
+    with pytest.raises(ConfigError, match=r"data.source=shards needs data.paths"):
+        load_config(RECIPES / recipe)
+    cfg = load_config(RECIPES / recipe, ["data.paths=[s3://bucket/videos/]"])
+    assert cfg.data.source == "shards" and cfg.data.paths == ["s3://bucket/videos/"]
+    assert (cfg.train.device, cfg.train.precision, cfg.tracking.backend) == ("cuda", "bf16", "mlflow")
+    assert cfg.dist.cpus_per_worker >= 4
+    # the reference's batch: 24 clips per GPU on 128 GPUs; its schedules span 1.25x the run (ipe_scale)
+    assert cfg.data.batch_size * cfg.dist.num_workers * cfg.optim.grad_accumulation == 3072
+    assert cfg.optim.schedule_scale == 1.25 and cfg.optim.lr.warmup_steps == 40 * 300
+
+
+def test_recipes_follow_their_reference_configs():
+    vitl = load_config(RECIPES / "vjepa_vitl.yaml", ["data.paths=videos"])
+    assert vitl.train.steps == 300 * 300 and vitl.model.sincos_uniform_power and vitl.model.predictor.heads == 16
+    assert not vitl.model.predictor.shared_mask_token and vitl.optim.grad_clip == 10.0
+    vitg = load_config(RECIPES / "vjepa2_vitg.yaml", ["data.paths=videos"])
+    assert vitg.train.steps == 800 * 300 + 40 * 300 and vitg.optim.lr.decay_steps == 40 * 300
+    assert vitg.model.pos_embed == "rope" and vitg.model.predictor.shared_mask_token
+    assert vitg.optim.grad_clip == 0.0 and vitg.data.target_fps == 4.0
+
+
+def test_cli_names_the_missing_data_paths_of_a_recipe():
+    recipe = str(RECIPES / "vjepa_vitl.yaml")
+    proc = subprocess.run([sys.executable, "-m", "vwm.cli", "config", "-c", recipe], cwd=REPO,
+                          capture_output=True, text=True)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "needs data.paths" in lines[0], proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "vwm.cli", "config", "-c", recipe,
+                           "--set", "data.paths=[s3://bucket/videos/]"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and "s3://bucket/videos/" in proc.stdout, proc.stderr

@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
 from vwm.config import ModelConfig
 from vwm.models.jepa import JEPA, build_models, count_params
-from vwm.models.layers import Rope3D
+from vwm.models.layers import Rope3D, sincos_3d
 from vwm.models.presets import PRESETS, PUBLISHED_PARAMS_M
 from vwm.models.vit import VisionTransformer
 
@@ -43,6 +44,39 @@ def test_vjepa_predictor_size():
     # V-JEPA's ViT-L predictor: 12 blocks of width 384 (about 22M parameters)
     assert len(jepa.predictor.blocks) == 12 and jepa.predictor.embed.out_features == 384
     assert 21e6 < count_params(jepa.predictor) < 23e6
+
+
+def _reference_3d_sincos(dim: int, grid_size: int, grid_depth: int, uniform_power: bool) -> np.ndarray:
+    """get_3d_sincos_pos_embed of facebookresearch/vjepa2 src/models/utils/pos_embs.py, re-derived."""
+    def one_axis(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=float) / (d / 2.0))
+        angles = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    axis = np.arange(grid_size, dtype=float)
+    grid_h, grid_d, grid_w = np.meshgrid(axis, np.arange(grid_depth, dtype=float), axis)
+    if uniform_power:
+        d_h = d_w = d_d = int(np.ceil(dim / 6) * 2)
+    else:
+        d_h, d_w, d_d = dim // 4, dim // 4, dim // 2
+    table = np.concatenate([one_axis(d_d, grid_d), one_axis(d_h, grid_h), one_axis(d_w, grid_w)], axis=1)
+    return table[:, :dim]
+
+
+@pytest.mark.parametrize("dim", [12, 16, 64])
+@pytest.mark.parametrize("uniform_power", [False, True])
+def test_sincos_table_matches_the_reference(dim, uniform_power):
+    ours_ND = sincos_3d(dim, (2, 3, 3), uniform_power)
+    reference_ND = torch.from_numpy(_reference_3d_sincos(dim, 3, 2, uniform_power)).float()
+    torch.testing.assert_close(ours_ND, reference_ND, rtol=0, atol=1e-6)
+
+
+def test_uniform_power_reaches_encoder_and_predictor_tables():
+    cfg = ModelConfig(preset="debug", sincos_uniform_power=True)
+    jepa = JEPA(cfg, frames=4, crop=16, num_mask_sets=2)
+    torch.testing.assert_close(jepa.encoder.pos_ND, sincos_3d(96, (2, 2, 2), uniform_power=True))
+    torch.testing.assert_close(jepa.predictor.pos_ND, sincos_3d(64, (2, 2, 2), uniform_power=True))
+    assert not torch.allclose(jepa.encoder.pos_ND, sincos_3d(96, (2, 2, 2)))
+    assert not ModelConfig().sincos_uniform_power  # existing configs keep the D/2, D/4, D/4 split
 
 
 def test_rope_scores_depend_only_on_relative_position():

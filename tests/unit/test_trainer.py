@@ -110,6 +110,14 @@ def test_task_state_is_checkpointed_and_resume_matches(tmp_path):
     torch.testing.assert_close(resumed_task.mean_weight, full_task.mean_weight)
 
 
+def test_schedules_span_schedule_scale_times_the_run(tmp_path):
+    """optim.schedule_scale=2: a 10-step run stops half way along its lr and weight-decay cosines."""
+    cfg = _cfg(**{"optim.lr.final": 0.0, "optim.schedule_scale": 2.0})
+    _, tracker = _fit(tmp_path, Regression(), cfg)
+    assert tracker.metrics["train/lr"][-1] == (9, pytest.approx(0.15))
+    assert tracker.metrics["train/wd"][-1] == (9, pytest.approx(0.22))
+
+
 def test_derived_configs_are_validated_and_files_merge_in_order(tmp_path):
     cfg = load_config(DEBUG_CONFIG)
     assert with_overrides(cfg, {"train.steps": 7}).train.steps == 7

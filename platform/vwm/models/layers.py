@@ -26,13 +26,21 @@ def sincos_1d(dim: int, pos_M: torch.Tensor) -> torch.Tensor:
     return torch.cat((angles_MD.sin(), angles_MD.cos()), dim=1)
 
 
-def sincos_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
-    """V-JEPA's fixed 3D table (N, dim): half the channels for time, a quarter each for height and width."""
+def sincos_3d(dim: int, grid: tuple[int, int, int], uniform_power: bool = False) -> torch.Tensor:
+    """V-JEPA's fixed 3D table (N, dim), channels of time, height and width concatenated in that order.
+
+    By default time gets half the channels and height and width a quarter each. ``uniform_power`` (set in
+    V-JEPA's and V-JEPA 2's configs) gives every axis 2 * ceil(dim / 6) channels, the same frequencies for
+    each, and cuts the table to ``dim``: the last width channels are lost when 6 does not divide ``dim``.
+    """
     gt, gh, gw = grid
     idx_N = torch.arange(gt * gh * gw)
     coords_N3 = token_coords(idx_N[None], grid)[0]
-    d_t, d_h = dim // 2, dim // 4
-    d_w = dim - d_t - d_h
+    if uniform_power:
+        d_t = d_h = d_w = 2 * math.ceil(dim / 6)
+    else:
+        d_t, d_h = dim // 2, dim // 4
+        d_w = dim - d_t - d_h
     table = torch.cat([sincos_1d(d_t, coords_N3[:, 0]), sincos_1d(d_h, coords_N3[:, 1]),
                        sincos_1d(d_w, coords_N3[:, 2])], dim=1)
     return table[:, :dim].float()

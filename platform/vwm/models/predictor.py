@@ -20,10 +20,13 @@ class Predictor(nn.Module):
         self.grid = grid
         self.checkpointing = cfg.activation_checkpointing
         self.embed = nn.Linear(cfg.dim, p.dim)
-        # one learned token per mask set, zero-initialised as in V-JEPA
-        self.mask_tokens = nn.Parameter(torch.zeros(num_mask_sets, p.dim))
+        # zero-initialised as in V-JEPA. V-JEPA learns one token per mask set; V-JEPA 2 indexes its tokens by
+        # clip-length group, not by mask set, so with one clip length every set shares token 0
+        self.shared_mask_token = p.shared_mask_token
+        self.mask_tokens = nn.Parameter(torch.zeros(1 if p.shared_mask_token else num_mask_sets, p.dim))
         self.rope = Rope3D(p.dim // p.heads, grid) if cfg.pos_embed == "rope" else None
-        self.register_buffer("pos_ND", sincos_3d(p.dim, grid) if self.rope is None else None, persistent=False)
+        pos_ND = sincos_3d(p.dim, grid, cfg.sincos_uniform_power) if self.rope is None else None
+        self.register_buffer("pos_ND", pos_ND, persistent=False)
         self.blocks = nn.ModuleList(Block(p.dim, p.heads, p.mlp_ratio, cfg.qkv_bias) for _ in range(p.depth))
         self.norm = nn.LayerNorm(p.dim, eps=1e-6)
         self.proj = nn.Linear(p.dim, cfg.dim)
@@ -34,7 +37,8 @@ class Predictor(nn.Module):
         """Predicted encoder features (B, K, D_encoder) at the K target positions."""
         B, K = tgt_idx_BK.shape
         ctx_BNP = self.embed(ctx_BND)
-        tgt_BKP = self.mask_tokens[mask_set].to(ctx_BNP.dtype).expand(B, K, -1)
+        token_P = self.mask_tokens[0 if self.shared_mask_token else mask_set]
+        tgt_BKP = token_P.to(ctx_BNP.dtype).expand(B, K, -1)
         if self.pos_ND is not None:
             pos_BNP = self.pos_ND.to(ctx_BNP.dtype).expand(B, -1, -1)
             ctx_BNP = ctx_BNP + gather_tokens(pos_BNP, ctx_idx_BN)

@@ -23,8 +23,8 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed3D(cfg.dim, cfg.patch_size, cfg.tubelet_size)
         self.rope = Rope3D(cfg.dim // cfg.heads, self.grid) if cfg.pos_embed == "rope" else None
         # a fixed table, not a parameter: kept out of optimizer state and checkpoints
-        self.register_buffer("pos_ND", sincos_3d(cfg.dim, self.grid) if self.rope is None else None,
-                             persistent=False)
+        pos_ND = sincos_3d(cfg.dim, self.grid, cfg.sincos_uniform_power) if self.rope is None else None
+        self.register_buffer("pos_ND", pos_ND, persistent=False)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         init_vit_weights(self, self.blocks, cfg.init_std)

@@ -80,7 +80,7 @@ class JepaTask:
         return jepa_loss(preds, target_BND, masks), {"train/ema_momentum": self._momentum(step)}
 
     def _momentum(self, step: int) -> float:
-        return ema_at(step, self.cfg.optim.ema, self.cfg.train.steps)
+        return ema_at(step, self.cfg.optim.ema, self.cfg.train.steps, self.cfg.optim.schedule_scale)
 
     def after_step(self, engine, step: int) -> None:
         update_target(engine, self.target, self._momentum(step), source="encoder")

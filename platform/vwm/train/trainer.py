@@ -183,8 +183,8 @@ class Trainer:
 
     def _micro_step(self, batch, step: int) -> _Micro:
         """One micro-batch of optimizer step ``step`` (counted here, never taken from the batch)."""
-        o = self.cfg.optim
-        lr, wd = lr_at(step, o.lr, self.cfg.train.steps), wd_at(step, o.weight_decay, self.cfg.train.steps)
+        o, steps = self.cfg.optim, self.cfg.train.steps
+        lr, wd = lr_at(step, o.lr, steps, o.schedule_scale), wd_at(step, o.weight_decay, steps, o.schedule_scale)
         amp = (torch.autocast(device_type=self.env.device.type, dtype=self.env.autocast_dtype)
                if self.env.autocast_dtype is not None else contextlib.nullcontext())
         with amp:
