@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vwm.cli import run_job
 from vwm.config import BenchTrainConfig
-from vwm.train.bench import run_bench_train
+from vwm.tasks.jepa_bench import run_bench_train
 
 
 def main(cfg: BenchTrainConfig) -> int:

@@ -141,7 +141,7 @@ def test_checkpoints_to_s3_and_resume_from_there(tmp_path, s3_bucket, ray_cluste
 
 def test_bench_train_job_reports_a_ratio(tmp_path, ray_cluster):
     from vwm.config import BenchTrainConfig
-    from vwm.train.bench import run_bench_train
+    from vwm.tasks.jepa_bench import run_bench_train
 
     report = tmp_path / "perf.md"
     rows = run_bench_train(BenchTrainConfig(steps=4, warmup=1, zero_stages=[1], cpus_per_worker=0.5,

@@ -48,8 +48,8 @@ def shard_probe_set(data: DataConfig, probe: ProbeConfig, seed: int) -> tuple[to
         for sample in iter_samples(uri, data.endpoint_url):
             if len(clips) == probe.clips:
                 break
-            if isinstance(sample, tuple):
-                skipped += 1
+            if isinstance(sample, tuple):  # a Skip: only those that lose a video count
+                skipped += int(sample.lost)
                 continue
             if probe.label not in sample.meta:
                 raise DataSourceError(f"{sample.source}: no {probe.label!r} in its metadata (keys: "
