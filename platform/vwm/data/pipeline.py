@@ -27,9 +27,10 @@ import ray
 import ray.data
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from vwm.config import DataConfig
+from vwm.config import DataConfig, TrajectoryConfig
 from vwm.data.decode import DecodeError, decode_clips
 from vwm.data.shards import iter_samples, list_sources
+from vwm.data.trajectories import TrajectoryError, episode_windows, load_stats
 from vwm.data.transforms import augment_clip
 
 log = logging.getLogger(__name__)
@@ -162,3 +163,70 @@ def local_batches(cfg: DataConfig, collate_fn, *, seed: int, ledger, position: t
     for e in itertools.count(epoch):
         ds = build_dataset(cfg, seed=seed, epochs=[e], ledger=ledger, start_order=order if e == epoch else 0)
         yield from clip_batches(ds, collate_fn, cfg, seed=seed, rank=0, pass_index=e)
+
+
+# ------------------------------------------------------------------------------------ trajectory windows
+# Rows of ``build_trajectory_dataset`` (one per window; schema and window rule: vwm.data.trajectories):
+#     frames_THWC  uint8 (T, H, W, 3)   T = cfg.frames frames, every cfg.frameskip-th env frame
+#     actions_TA   float32 (T-1, A*k)   k = cfg.frameskip env actions per row, concatenated (z-scored if normalize)
+#     states_TS    float32 (T, S)       env states at the kept frames (z-scored if normalize)
+#     start        int64                first env frame of the window in its episode
+#     epoch, order, key, meta           as for clips
+# Batches: ``clip_batches(ds, collate_fn, cfg, ...)`` takes a TrajectoryConfig too (it reads batch_size,
+# shuffle_buffer and prefetch_batches).
+def _window_files(batch: dict[str, np.ndarray], *, cfg: TrajectoryConfig, seed: int, stats: dict | None,
+                  ledger) -> Iterator[dict]:
+    for uri, epoch, order in zip(batch["uri"], batch["epoch"], batch["order"]):
+        out = _window_file(str(uri), int(epoch), int(order), cfg, seed, stats, ledger)
+        if out is not None:
+            yield out
+
+
+def _window_file(uri: str, epoch: int, order: int, cfg: TrajectoryConfig, seed: int, stats: dict | None,
+                 ledger) -> dict | None:
+    windows, keys, metas = [], [], []
+    for sample in iter_samples(uri, cfg.endpoint_url):
+        if isinstance(sample, tuple):
+            _record(ledger, *sample)
+            continue
+        rng = np.random.default_rng([seed, epoch, zlib.crc32(sample.source.encode())])
+        try:
+            got = episode_windows(sample, frames=cfg.frames, frameskip=cfg.frameskip, count=cfg.windows_per_episode,
+                                  rng=rng, hflip=cfg.hflip, stats=stats, size=cfg.size)
+        except (DecodeError, TrajectoryError) as e:
+            _record(ledger, sample.source, str(e))
+            continue
+        if not got:
+            _record(ledger, sample.source, f"episode shorter than a window of {cfg.frames} frames every {cfg.frameskip}")
+        windows += got
+        keys += [sample.source] * len(got)
+        metas += [json.dumps(sample.meta, sort_keys=True)] * len(got)
+    if not windows:
+        return None
+    n = len(windows)
+    out = {k: np.stack([w[k] for w in windows]) for k in ("frames_THWC", "actions_TA", "states_TS")}
+    return {**out, "start": np.asarray([w["start"] for w in windows], dtype=np.int64),
+            "epoch": np.full(n, epoch, dtype=np.int64), "order": np.full(n, order, dtype=np.int64),
+            "key": np.asarray(keys, dtype=object), "meta": np.asarray(metas, dtype=object)}
+
+
+def build_trajectory_dataset(cfg: TrajectoryConfig, *, seed: int, epochs: Iterable[int], ledger, start_order: int = 0,
+                             max_tasks: int | None = None) -> ray.data.Dataset:
+    """A streaming dataset of aligned (frames, actions, states) windows from trajectory shards, with the
+    determinism of ``build_dataset``: shard order keyed by (seed, epoch), window starts and flips by
+    (seed, epoch, episode). Bad paths and a missing stats file fail here, before any work."""
+    sources = list_sources(cfg.paths, cfg.endpoint_url)
+    stats = load_stats(cfg.stats, sources, cfg.endpoint_url) if cfg.normalize else None
+    epochs = list(epochs)
+    items = [{"uri": uri, "epoch": e, "order": i}
+             for e in epochs for i, uri in enumerate(epoch_order(sources, seed, e))
+             if e != epochs[0] or i >= start_order]
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.op_resource_reservation_enabled = False  # see build_dataset
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), _MAX_BLOCKS))
+    if max_tasks is None:
+        max_tasks = max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.decode_num_cpus))
+    return ds.map_batches(_window_files, batch_size=1,
+                          fn_kwargs={"cfg": cfg, "seed": seed, "stats": stats, "ledger": ledger},
+                          num_cpus=cfg.decode_num_cpus, concurrency=max_tasks)

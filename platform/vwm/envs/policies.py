@@ -25,19 +25,26 @@ class Policy(Protocol):
 
 class RandomWalk:
     """A heading that persists (kept with probability ``persistence`` each step, else redrawn uniformly in
-    [-1, 1]^2) plus Gaussian jitter: it wanders across a room where i.i.d. actions would jiggle in place."""
+    [-1, 1]^2) plus Gaussian jitter: it wanders across a room where i.i.d. actions would jiggle in place.
+    A heading that left the agent stuck (against a wall: collisions do not slide) is reversed, so episodes
+    do not spend tens of frames pressed into a wall."""
 
     name = "random_walk"
 
     def __init__(self, persistence: float = 0.9, noise_std: float = 0.2):
         self.persistence, self.noise_std = persistence, noise_std
-        self._heading = np.zeros(2)
+        self._heading, self._last = np.zeros(2), None
 
     def reset(self, env, rng: np.random.Generator) -> None:
-        self._heading = rng.uniform(-1.0, 1.0, size=2)
+        self._heading, self._last = rng.uniform(-1.0, 1.0, size=2), None
 
     def act(self, env, rng: np.random.Generator) -> np.ndarray:
-        if rng.random() >= self.persistence:
+        pos = env.get_state()[:2]
+        stuck = self._last is not None and np.linalg.norm(pos - self._last) < 1e-6 * env.action_scale
+        self._last = pos
+        if stuck:  # bounce back
+            self._heading = -self._heading
+        elif rng.random() >= self.persistence:
             self._heading = rng.uniform(-1.0, 1.0, size=2)
         return np.clip(self._heading + self.noise_std * rng.normal(size=2), -1.0, 1.0)
 
@@ -61,15 +68,18 @@ class TwoRoomsExpert:
         self._target = env.sample_free(rng, room=1 - env.room(env.get_state()))
 
     def waypoint(self, env, pos: np.ndarray) -> np.ndarray:
-        side = env.room(pos)
-        if side == env.room(self._target):
-            return self._target
-        away = -1.0 if side == 0 else 1.0  # direction from the wall back into the agent's room
         clearance = env.wall_width / 2 + env.agent_radius
+        # inside the doorway the agent must leave it straight: a diagonal move would hit the door frame,
+        # and collisions do not slide
+        in_doorway = abs(pos[0] - env.wall_x) < clearance
+        target_room = env.room(self._target)
+        if not in_doorway and env.room(pos) == target_room:
+            return self._target
+        toward = 1.0 if target_room == 1 else -1.0
         band = env.door_width / 2 - env.agent_radius - 0.5
-        if abs(pos[1] - env.door_y) <= band:  # lined up with the door: go straight through it
-            return np.array([env.wall_x - away * (clearance + env.action_scale), env.door_y])
-        return np.array([env.wall_x + away * (clearance + 1.5 * env.action_scale), env.door_y])
+        if in_doorway or abs(pos[1] - env.door_y) <= band:  # lined up with the door: straight through
+            return np.array([env.wall_x + toward * (clearance + env.action_scale), env.door_y])
+        return np.array([env.wall_x - toward * (clearance + 1.5 * env.action_scale), env.door_y])
 
     def act(self, env, rng: np.random.Generator) -> np.ndarray:
         pos = env.get_state()
