@@ -410,7 +410,8 @@ class PolicyConfig(_Strict):
 class CollectConfig(_Strict):
     """``vwm data collect``: roll out episodes as Ray tasks and write trajectory shards (vwm.data.trajectories)."""
 
-    out: str = Field("outputs/trajectories/two_rooms", description="folder or s3:// prefix; train/ and held_out/ go under it")
+    out: str = Field("outputs/trajectories/two_rooms",
+                     description="folder or s3:// prefix; train/ and held_out/ go under it")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
     env: EnvConfig = EnvConfig()
     policy: PolicyConfig = PolicyConfig()
@@ -434,7 +435,8 @@ class CollectConfig(_Strict):
 class TrajectoryConfig(_Strict):
     """Aligned windows from trajectory shards for action-conditioned training (vwm.data.pipeline)."""
 
-    paths: list[str] = Field(default_factory=list, description="trajectory shards: files, folders, globs; local or s3://")
+    paths: list[str] = Field(default_factory=list,
+                             description="trajectory shards: files, folders, globs; local or s3://")
     endpoint_url: str | None = None
     frames: int = Field(8, ge=2, description="T: frames per window (model steps + 1)")
     frameskip: int = Field(5, ge=1, description="env steps per model step; their actions are concatenated")

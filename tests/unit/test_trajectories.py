@@ -24,7 +24,7 @@ CFG = CollectConfig(env=EnvConfig(name="two_rooms", image_size=32), policy=Polic
 def episode():
     env = make_env("two_rooms", obs_type="pixels", **CFG.env.kwargs())
     frames, actions, states, kind = rollout(env, CFG, 2)
-    sample = episode_sample("ep-0000002", frames, actions, states, episode_meta(CFG, 2, "train", kind),
+    sample = episode_sample("ep-0000002", frames, actions, states, episode_meta(CFG, env, 2, "train", kind),
                             fps=CFG.fps, crf=CFG.crf)
     return env, frames, actions, states, sample
 
@@ -43,7 +43,7 @@ def test_episode_sample_follows_the_schema(episode):
     assert meta["stats"]["actions"]["count"] == 30
     assert np.allclose(meta["stats"]["states"]["mean"], states.mean(0), atol=1e-4)
     # the same episode encodes to the same bytes (npz members carry no timestamp)
-    again = episode_sample("ep-0000002", frames, actions, states, episode_meta(CFG, 2, "train", meta["policy"]),
+    again = episode_sample("ep-0000002", frames, actions, states, episode_meta(CFG, env, 2, "train", meta["policy"]),
                            fps=CFG.fps, crf=CFG.crf)
     assert again.members == sample.members
     decoded, *_ = read_episode(sample)
@@ -104,7 +104,8 @@ def test_normalised_windows_use_the_dataset_statistics(episode):
     assert raw["start"] == norm["start"]
     mean, std = np.tile(stats["actions"]["mean"], 5), np.tile(stats["actions"]["std"], 5)
     assert np.allclose(norm["actions_TA"], (raw["actions_TA"] - mean) / std, atol=1e-5)
-    assert np.allclose(norm["states_TS"] * stats["states"]["std"] + stats["states"]["mean"], raw["states_TS"], atol=1e-3)
+    restored = norm["states_TS"] * stats["states"]["std"] + stats["states"]["mean"]
+    assert np.allclose(restored, raw["states_TS"], atol=1e-3)
     assert normalize_window(raw, stats, 5)["actions_TA"].shape == (2, 10)
     assert episode_windows(sample, frames=8, frameskip=5, count=1, rng=np.random.default_rng(0)) == []  # too long
 
@@ -138,7 +139,8 @@ def test_push_t_episode_has_seven_state_dims_and_no_mirror():
     env = make_env("push_t", obs_type="pixels", **cfg.env.kwargs())
     frames, actions, states, kind = rollout(env, cfg, 0)
     assert frames.shape == (11, 32, 32, 3) and actions.shape == (11, 2) and states.shape == (11, 7)
-    sample = episode_sample("ep-0000000", frames, actions, states, episode_meta(cfg, 0, "train", kind), fps=10, crf=18)
+    meta = episode_meta(cfg, env, 0, "train", kind)
+    sample = episode_sample("ep-0000000", frames, actions, states, meta, fps=10, crf=18)
     meta = sample.meta
     assert meta["mirror"] is None and meta["state_names"][4] == "block_angle" and meta["state_dim"] == 7
     [w] = episode_windows(sample, frames=3, frameskip=5, count=1, rng=np.random.default_rng(0), hflip=1.0)

@@ -5,6 +5,7 @@ npz and tar writing), for each env."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import platform
 import time
 from datetime import date
@@ -35,6 +36,7 @@ def run_bench_collect(cfg: BenchCollectConfig) -> list[dict]:
     from vwm.data.collect import run_collect
     from vwm.raycluster import connect
 
+    load = os.getloadavg()[0]  # the VM is shared: other work running beside the benchmark shows here
     connect(num_cpus=max(cfg.workers))
     rows = []
     ctx = multiprocessing.get_context("spawn")
@@ -67,16 +69,17 @@ def run_bench_collect(cfg: BenchCollectConfig) -> list[dict]:
         r["per_cpu"] = r["steps_per_s"] / r["cpus"]
         one = next(x for x in rows if (x["env"], x["kind"], x["cpus"]) == (r["env"], r["kind"], 1))
         r["speedup"] = r["steps_per_s"] / (one["steps"] / one["s"])
-    table = format_table(cfg, rows)
+    table = format_table(cfg, rows, load)
     print(table)
     if cfg.report:
         write_block(cfg.report, "bench_collect", table)
     return rows
 
 
-def format_table(cfg: BenchCollectConfig, rows: list[dict]) -> str:
-    head = (f"{date.today().isoformat()}, {platform.node() or 'this machine'} ({platform.machine()}): "
-            f"episodes of {cfg.steps} steps at {cfg.image_size}x{cfg.image_size}, random-walk / mixed policies. "
+def format_table(cfg: BenchCollectConfig, rows: list[dict], load: float) -> str:
+    head = (f"{date.today().isoformat()}, {platform.node() or 'this machine'} ({platform.machine()}, "
+            f"{os.cpu_count()} CPUs, 1-min load average {load:.1f} at the start): episodes of {cfg.steps} steps at "
+            f"{cfg.image_size}x{cfg.image_size}; loop rows run the random walk, collect rows the configured mix. "
             "Speed-up: against the same kind of row at 1 CPU.\n\n")
     lines = ["| env | what | CPUs | episodes | env steps | seconds | env steps/s | per CPU | speed-up |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -24,9 +24,6 @@ from vwm.envs.policies import choose_kind, make_policy
 
 _RESET, _CHOICE, _POLICY, _SPLIT = 0x5E7, 0xC401, 0xAC7, 0x5917
 SPLITS = ("train", "held_out")
-_NAMES = {"two_rooms": (["dx", "dy"], ["x", "y"]),
-          "push_t": (["target_dx", "target_dy"],
-                     ["agent_x", "agent_y", "block_x", "block_y", "block_angle", "agent_vx", "agent_vy"])}
 
 
 def split_episodes(cfg: CollectConfig) -> dict[str, list[int]]:
@@ -67,12 +64,11 @@ def rollout(env, cfg: CollectConfig, index: int) -> tuple[np.ndarray, np.ndarray
     return frames, actions, states, kind
 
 
-def episode_meta(cfg: CollectConfig, index: int, split: str, kind: str) -> dict:
-    action_names, state_names = _NAMES[cfg.env.name]
+def episode_meta(cfg: CollectConfig, env, index: int, split: str, kind: str) -> dict:
     return {"env": cfg.env.name, "env_kwargs": cfg.env.kwargs(), "image_size": cfg.env.image_size, "seed": cfg.seed,
             "episode": index, "split": split, "policy": kind,
-            "policy_config": getattr(cfg.policy, kind).model_dump(), "action_names": action_names,
-            "state_names": state_names, "mirror": _mirror(cfg)}
+            "policy_config": getattr(cfg.policy, kind).model_dump(), "action_names": list(env.action_names),
+            "state_names": list(env.state_names), "mirror": _mirror(cfg)}
 
 
 @ray.remote(num_cpus=1)
@@ -82,7 +78,7 @@ def _collect_shard(cfg: CollectConfig, uri: str, split: str, indices: list[int])
     for index in indices:
         frames, actions, states, kind = rollout(env, cfg, index)
         samples.append(episode_sample(f"ep-{index:07d}", frames, actions, states,
-                                      episode_meta(cfg, index, split, kind), fps=cfg.fps, crf=cfg.crf))
+                                      episode_meta(cfg, env, index, split, kind), fps=cfg.fps, crf=cfg.crf))
     size = write_shard(uri, samples, cfg.endpoint_url)
     stats = [s.meta["stats"] for s in samples]
     return {"uri": uri, "split": split, "episodes": len(indices), "bytes": size,

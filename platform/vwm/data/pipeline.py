@@ -197,7 +197,8 @@ def _window_file(uri: str, epoch: int, order: int, cfg: TrajectoryConfig, seed: 
             _record(ledger, sample.source, str(e))
             continue
         if not got:
-            _record(ledger, sample.source, f"episode shorter than a window of {cfg.frames} frames every {cfg.frameskip}")
+            _record(ledger, sample.source,
+                    f"episode shorter than a window of {cfg.frames} frames every {cfg.frameskip}")
         windows += got
         keys += [sample.source] * len(got)
         metas += [json.dumps(sample.meta, sort_keys=True)] * len(got)

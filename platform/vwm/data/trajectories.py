@@ -74,7 +74,8 @@ def merge_stats(parts: list[dict]) -> dict[str, list]:
     if not parts:
         raise TrajectoryError("no episode statistics to merge (no episodes read)")
     out = {"count": sum(p["count"] for p in parts),
-           "sum": np.sum([p["sum"] for p in parts], 0).tolist(), "sumsq": np.sum([p["sumsq"] for p in parts], 0).tolist(),
+           "sum": np.sum([p["sum"] for p in parts], 0).tolist(),
+           "sumsq": np.sum([p["sumsq"] for p in parts], 0).tolist(),
            "min": np.min([p["min"] for p in parts], 0).tolist(), "max": np.max([p["max"] for p in parts], 0).tolist()}
     return _finish_stats(out)
 

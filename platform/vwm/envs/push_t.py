@@ -48,6 +48,8 @@ def available() -> bool:
 
 class PushTEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    action_names = ("target_dx", "target_dy")
+    state_names = ("agent_x", "agent_y", "block_x", "block_y", "block_angle", "agent_vx", "agent_vy")
 
     def __init__(self, image_size: int = 64, obs_type: str = "pixels_state", render_mode: str | None = "rgb_array",
                  action_scale: float = 50.0, position_tolerance: float = 20.0,

@@ -27,6 +27,8 @@ OBS_TYPES = ("pixels_state", "pixels", "state")
 
 class TwoRoomsEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    action_names = ("dx", "dy")
+    state_names = ("x", "y")
 
     def __init__(self, image_size: int = 64, obs_type: str = "pixels_state", render_mode: str | None = "rgb_array",
                  arena: float = 64.0, wall_x: float = 32.0, wall_width: float = 4.0, door_y: float = 40.0,
