@@ -71,3 +71,22 @@ def test_collect_two_rooms_end_to_end(ray_cluster, s3_bucket, tmp_path):
     assert [r["start"] for r in rows_n] == [r["start"] for r in rows]
     states = np.concatenate([r["states_TS"] for r in rows_n])
     assert np.all(np.abs(states.mean(0)) < 1.0) and np.all(states.std(0) > 0.3)
+
+
+def test_jobs_collect_main_and_a_missing_bucket(ray_cluster, s3_bucket, tmp_path, capsys):
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("collect_job", REPO / "jobs" / "collect.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    cfg = CollectConfig(out=str(tmp_path / "job"), env=EnvConfig(image_size=16), episodes=3, steps=5,
+                        held_out_fraction=0.0)
+    assert job.main(cfg) == 0
+    assert "wrote {'train': 3, 'held_out': 0} episodes" in capsys.readouterr().out
+    assert (tmp_path / "job" / "train" / "shard-00000.tar").is_file()
+    endpoint, _ = s3_bucket
+    missing = cfg.model_copy(update={"out": "s3://no-such-bucket/x", "endpoint_url": endpoint})
+    assert job.main(missing) == 2
+    assert "bucket 'no-such-bucket' of out=s3://no-such-bucket/x does not exist" in capsys.readouterr().err
