@@ -26,8 +26,8 @@ class Policy(Protocol):
 class RandomWalk:
     """A heading that persists (kept with probability ``persistence`` each step, else redrawn uniformly in
     [-1, 1]^2) plus Gaussian jitter: it wanders across a room where i.i.d. actions would jiggle in place.
-    A heading that left the agent stuck (against a wall: collisions do not slide) is reversed, so episodes
-    do not spend tens of frames pressed into a wall."""
+    A heading that left the agent (nearly) still, against a wall or the arena's edge, is reversed, so
+    episodes do not spend tens of frames pressed into a wall."""
 
     name = "random_walk"
 
@@ -40,7 +40,7 @@ class RandomWalk:
 
     def act(self, env, rng: np.random.Generator) -> np.ndarray:
         pos = env.get_state()[:2]
-        stuck = self._last is not None and np.linalg.norm(pos - self._last) < 1e-6 * env.action_scale
+        stuck = self._last is not None and np.linalg.norm(pos - self._last) < 0.01 * env.action_scale
         self._last = pos
         if stuck:  # bounce back
             self._heading = -self._heading

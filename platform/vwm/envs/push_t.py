@@ -11,7 +11,8 @@ in the package's 512 x 512 pixel frame (y down). The package's block is quasi-st
 the agent's velocity is the only hidden dynamic quantity worth carrying.
 
 Actions are relative, as in DINO-WM: each axis in [-1, 1] moves the PD controller's target to
-``agent position + action * action_scale`` (clipped to the arena); the package then runs 10 physics
+``agent position + action * action_scale`` (clipped to the walls' inside, so the kinematic agent, which
+the package lets pass through walls, stays in view); the package then runs 10 physics
 substeps of 10 ms. ``terminated`` stays False (success is scored at every step by the planner).
 """
 
@@ -24,6 +25,9 @@ import numpy as np
 from gymnasium import spaces
 
 ARENA = 512.0
+# the package's agent is kinematic and passes through the arena walls (segments at 5 and 506, radius 2);
+# keeping its PD target this far inside keeps the whole disc (radius 15) in view
+TARGET_MARGIN = 22.0
 OBS_TYPES = ("pixels_state", "pixels", "state")
 INSTALL_HINT = "Push-T needs the gym-pusht package: pip install -e '.[pusht]'"
 
@@ -98,7 +102,8 @@ class PushTEnv(gym.Env):
 
     def step(self, action):
         action = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
-        target = np.clip(np.asarray(self.sim.agent.position) + action * self.action_scale, 0.0, ARENA)
+        target = np.clip(np.asarray(self.sim.agent.position) + action * self.action_scale, TARGET_MARGIN,
+                         ARENA - TARGET_MARGIN)
         self.sim.step(target)
         state = self.get_state()
         reward = -float(np.linalg.norm(state[:4] - self._goal[:4]))
