@@ -120,6 +120,25 @@ def _data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_collect(args: argparse.Namespace) -> int:
+    from vwm.config import CollectConfig
+    from vwm.data.collect import check_output, run_collect
+    from vwm.data.shards import DataSourceError
+    from vwm.raycluster import connect
+
+    cfg = load_or_exit(args, CollectConfig)
+    try:
+        check_output(cfg)
+        connect()
+        result = run_collect(cfg)
+    except DataSourceError as e:
+        print(f"vwm: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {result.episodes['train']} train and {result.episodes['held_out']} held-out episodes "
+          f"({result.bytes / 1e6:.1f} MB) in {result.seconds:.1f} s under {result.out} (dataset.json beside them)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vwm", description="video world models: JEPA pretraining on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="files, folders, globs or s3:// prefixes")
     p.add_argument("--endpoint-url", default=None)
     p.set_defaults(func=_data_inspect)
+    p = data.add_parser("collect", help="roll out env episodes with scripted policies into trajectory shards")
+    add_config_args(p)
+    p.set_defaults(func=_data_collect)
     p = sub.add_parser("config", help="print the resolved config (defaults, file, overrides) as YAML")
     add_config_args(p)
     p.set_defaults(func=_config_show)

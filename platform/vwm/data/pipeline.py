@@ -28,9 +28,10 @@ import ray
 import ray.data
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from vwm.config import DataConfig
+from vwm.config import DataConfig, TrajectoryConfig
 from vwm.data.decode import DecodeError, iter_clips
 from vwm.data.shards import Skip, iter_samples, list_sources
+from vwm.data.trajectories import TrajectoryError, episode_windows, load_stats
 from vwm.data.transforms import augment_clip
 
 log = logging.getLogger(__name__)
@@ -98,15 +99,32 @@ def _decode_files(batch: dict[str, np.ndarray], *, cfg: DataConfig, seed: int, l
 
 def _decode_file(uri: str, epoch: int, order: int, cfg: DataConfig, seed: int, record: Callable[[Skip], None],
                  batch_bytes: int = _BATCH_BYTES) -> Iterator[dict]:
-    """Augmented clips of every video of one file, in batches of about ``batch_bytes``; a video's clips stay
-    in one batch. Any failure of one video, whatever its kind, is a recorded skip of that video."""
-    clip_bytes = cfg.frames * cfg.crop * cfg.crop * 3
-    clips, keys, metas = [], [], []
-    samples = iter_samples(uri, cfg.endpoint_url)
+    """Augmented clips of every video of one file, in batches of about ``batch_bytes``."""
+    def clips_of(sample, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        with sample.open_video() as f:
+            clips = [augment_clip(clip_THWC, cfg.crop, cfg.augment, rng)
+                     for clip_THWC in iter_clips(f, frames=cfg.frames, frame_step=cfg.frame_step,
+                                                 target_fps=cfg.target_fps, clips_per_video=cfg.clips_per_video,
+                                                 rng=rng)]
+        return {"clips": clips}
+
+    yield from _file_rows(uri, epoch, order, cfg.endpoint_url, seed, record, clips_of, batch_bytes)
+
+
+def _file_rows(uri: str, epoch: int, order: int, endpoint_url: str | None, seed: int,
+               record: Callable[[Skip], None], rows_of: Callable[..., dict[str, list[np.ndarray]]],
+               batch_bytes: int = _BATCH_BYTES) -> Iterator[dict]:
+    """Rows of every sample of one file (``rows_of(sample, rng)``: per column, a list with one array per clip
+    or window; a sample's rows stay in one batch, stacked only when the batch leaves), in batches of about ``batch_bytes``, with their source columns.
+    Any failure of one sample, whatever its kind, is a recorded skip of that sample; a storage error
+    mid-shard loses the rest of the file, not the run."""
+    parts: list[dict[str, list[np.ndarray]]] = []
+    keys, metas, size = [], [], 0
+    samples = iter_samples(uri, endpoint_url)
     while True:
         try:
             sample = next(samples, None)
-        except Exception as e:  # a storage error mid-shard: the rest of the file is lost, not the run
+        except Exception as e:
             record(Skip(uri, f"reading failed ({type(e).__name__}: {e}); the rest of this file is lost"))
             break
         if sample is None:
@@ -117,39 +135,36 @@ def _decode_file(uri: str, epoch: int, order: int, cfg: DataConfig, seed: int, r
         rng = np.random.default_rng([seed, epoch, zlib.crc32(sample.source.encode())])
         try:
             meta = json.dumps(sample.meta, sort_keys=True)
-            with sample.open_video() as f:
-                video_clips = [augment_clip(clip_THWC, cfg.crop, cfg.augment, rng)
-                               for clip_THWC in iter_clips(f, frames=cfg.frames, frame_step=cfg.frame_step,
-                                                           target_fps=cfg.target_fps,
-                                                           clips_per_video=cfg.clips_per_video, rng=rng)]
+            rows = rows_of(sample, rng)
         except Exception as e:
-            record(Skip(sample.source, str(e) if isinstance(e, DecodeError) else f"{type(e).__name__}: {e}"))
+            record(Skip(sample.source, str(e) if isinstance(e, (DecodeError, TrajectoryError))
+                        else f"{type(e).__name__}: {e}"))
             continue
-        clips += video_clips
-        keys += [sample.source] * len(video_clips)
-        metas += [meta] * len(video_clips)
-        if len(clips) * clip_bytes >= batch_bytes:
-            yield _clip_batch(clips, keys, metas, epoch, order)
-            clips, keys, metas = [], [], []
-    if clips:
-        yield _clip_batch(clips, keys, metas, epoch, order)
+        n = len(next(iter(rows.values()))) if rows else 0
+        if not n:
+            continue
+        parts.append(rows)
+        keys += [sample.source] * n
+        metas += [meta] * n
+        size += sum(np.asarray(a).nbytes for column in rows.values() for a in column)
+        if size >= batch_bytes:
+            yield _rows_batch(parts, keys, metas, epoch, order)
+            parts, keys, metas, size = [], [], [], 0
+    if parts:
+        yield _rows_batch(parts, keys, metas, epoch, order)
 
 
-def _clip_batch(clips: list[np.ndarray], keys: list[str], metas: list[str], epoch: int, order: int) -> dict:
-    n = len(clips)
-    return {"clips": np.stack(clips), "epoch": np.full(n, epoch, dtype=np.int64),
-            "order": np.full(n, order, dtype=np.int64), "key": np.asarray(keys, dtype=object),
-            "meta": np.asarray(metas, dtype=object)}
+def _rows_batch(parts: list[dict[str, list[np.ndarray]]], keys: list[str], metas: list[str], epoch: int,
+                order: int) -> dict:
+    n = len(keys)
+    return {**{k: np.stack([row for p in parts for row in p[k]]) for k in parts[0]},
+            "epoch": np.full(n, epoch, dtype=np.int64), "order": np.full(n, order, dtype=np.int64),
+            "key": np.asarray(keys, dtype=object), "meta": np.asarray(metas, dtype=object)}
 
 
-def build_dataset(cfg: DataConfig, *, seed: int, epochs: Iterable[int], ledger, start_order: int = 0,
-                  max_tasks: int | None = None) -> ray.data.Dataset:
-    """A streaming dataset of augmented clips over the given epochs. Bad paths fail here, before any work.
-
-    ``start_order`` skips the first files of the first epoch: a resumed run restarts at the file it was
-    reading (clips of that file already consumed are seen again, at most one file's worth per worker).
-    """
-    sources = list_sources(cfg.paths, cfg.endpoint_url)
+def _file_dataset(sources: list[str], *, seed: int, epochs: Iterable[int], start_order: int, fn, fn_kwargs: dict,
+                  num_cpus: float, max_tasks: int | None) -> ray.data.Dataset:
+    """(file, epoch, order) items, each epoch's files in a (seed, epoch)-keyed order, mapped by ``fn``."""
     epochs = list(epochs)
     items = [{"uri": uri, "epoch": e, "order": i}
              for e in epochs for i, uri in enumerate(epoch_order(sources, seed, e))
@@ -162,9 +177,21 @@ def build_dataset(cfg: DataConfig, *, seed: int, epochs: Iterable[int], ledger, 
     ctx.op_resource_reservation_enabled = False
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), _MAX_BLOCKS))
     if max_tasks is None:  # without the reservation, bound the tasks in flight by what the cluster can run
-        max_tasks = max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.decode_num_cpus))
-    return ds.map_batches(_decode_files, batch_size=1, fn_kwargs={"cfg": cfg, "seed": seed, "ledger": ledger},
-                          num_cpus=cfg.decode_num_cpus, concurrency=max_tasks)
+        max_tasks = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
+    return ds.map_batches(fn, batch_size=1, fn_kwargs=fn_kwargs, num_cpus=num_cpus, concurrency=max_tasks)
+
+
+def build_dataset(cfg: DataConfig, *, seed: int, epochs: Iterable[int], ledger, start_order: int = 0,
+                  max_tasks: int | None = None) -> ray.data.Dataset:
+    """A streaming dataset of augmented clips over the given epochs. Bad paths fail here, before any work.
+
+    ``start_order`` skips the first files of the first epoch: a resumed run restarts at the file it was
+    reading (clips of that file already consumed are seen again, at most one file's worth per worker).
+    """
+    return _file_dataset(list_sources(cfg.paths, cfg.endpoint_url), seed=seed, epochs=epochs,
+                         start_order=start_order, fn=_decode_files,
+                         fn_kwargs={"cfg": cfg, "seed": seed, "ledger": ledger}, num_cpus=cfg.decode_num_cpus,
+                         max_tasks=max_tasks)
 
 
 class _NumpyCollate(NumpyBatchCollateFn):
@@ -189,10 +216,48 @@ def clip_batches(source, collate_fn, cfg: DataConfig, *, seed: int, rank: int, p
         drop_last=True)
 
 
-def local_batches(cfg: DataConfig, collate_fn, *, seed: int, ledger, position: tuple[int, int] | None = None):
-    """Endless batches for a single consumer (``vwm pretrain --local``): one dataset per epoch, built as the
-    previous one runs out, starting at a checkpoint's (epoch, file order) position."""
+def local_batches(cfg: DataConfig | TrajectoryConfig, collate_fn, *, seed: int, ledger,
+                  position: tuple[int, int] | None = None):
+    """Endless batches for a single consumer (``--local`` runs): one dataset per epoch, built as the previous
+    one runs out, starting at a checkpoint's (epoch, file order) position. Clips for a DataConfig, windows
+    for a TrajectoryConfig."""
+    build = build_trajectory_dataset if isinstance(cfg, TrajectoryConfig) else build_dataset
     epoch, order = position or (0, 0)
     for e in itertools.count(epoch):
-        ds = build_dataset(cfg, seed=seed, epochs=[e], ledger=ledger, start_order=order if e == epoch else 0)
+        ds = build(cfg, seed=seed, epochs=[e], ledger=ledger, start_order=order if e == epoch else 0)
         yield from clip_batches(ds, collate_fn, cfg, seed=seed, rank=0, pass_index=e)
+
+
+# ------------------------------------------------------------------------------------ trajectory windows
+# Rows of ``build_trajectory_dataset`` (one per window; schema and window rule: vwm.data.trajectories):
+#     frames_THWC  uint8 (T, H, W, 3)   T = cfg.frames frames, every cfg.frameskip-th env frame
+#     actions_TA   float32 (T-1, A*k)   k = cfg.frameskip env actions per row, concatenated (z-scored if normalize)
+#     states_TS    float32 (T, S)       env states at the kept frames (z-scored if normalize)
+#     start        int64                first env frame of the window in its episode
+#     epoch, order, key, meta           as for clips
+# Batches: ``clip_batches(ds, collate_fn, cfg, ...)`` takes a TrajectoryConfig too (it reads batch_size,
+# shuffle_buffer and prefetch_batches).
+def _window_files(batch: dict[str, np.ndarray], *, cfg: TrajectoryConfig, seed: int, stats: dict | None,
+                  ledger) -> Iterator[dict]:
+    def windows_of(sample, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        got = episode_windows(sample, frames=cfg.frames, frameskip=cfg.frameskip, count=cfg.windows_per_episode,
+                              rng=rng, hflip=cfg.hflip, stats=stats, size=cfg.size)
+        if not got:
+            raise TrajectoryError(f"episode shorter than a window of {cfg.frames} frames every {cfg.frameskip}")
+        return {k: [np.asarray(w[k]) for w in got] for k in ("frames_THWC", "actions_TA", "states_TS", "start")}
+
+    for uri, epoch, order in zip(batch["uri"], batch["epoch"], batch["order"]):
+        yield from _file_rows(str(uri), int(epoch), int(order), cfg.endpoint_url, seed, partial(_record, ledger),
+                              windows_of)
+
+
+def build_trajectory_dataset(cfg: TrajectoryConfig, *, seed: int, epochs: Iterable[int], ledger, start_order: int = 0,
+                             max_tasks: int | None = None) -> ray.data.Dataset:
+    """A streaming dataset of aligned (frames, actions, states) windows from trajectory shards, with the
+    determinism of ``build_dataset``: shard order keyed by (seed, epoch), window starts and flips by
+    (seed, epoch, episode). Bad paths and a missing stats file fail here, before any work."""
+    sources = list_sources(cfg.paths, cfg.endpoint_url)
+    stats = load_stats(cfg.stats, sources, cfg.endpoint_url) if cfg.normalize else None
+    return _file_dataset(sources, seed=seed, epochs=epochs, start_order=start_order, fn=_window_files,
+                         fn_kwargs={"cfg": cfg, "seed": seed, "stats": stats, "ledger": ledger},
+                         num_cpus=cfg.decode_num_cpus, max_tasks=max_tasks)

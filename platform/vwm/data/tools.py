@@ -13,6 +13,7 @@ from vwm.config import SyntheticConfig
 from vwm.data.decode import DecodeError, encode_mp4, probe
 from vwm.data.shards import DataSourceError, Sample, Skip, filesystem, iter_samples, list_sources, write_shard
 from vwm.data.synthetic import render_video
+from vwm.data.trajectories import TrajectoryError, TrajectorySummary
 
 
 def _wait_all(refs: list, desc: str) -> list:
@@ -65,8 +66,10 @@ class InspectReport:
     fps: Counter = field(default_factory=Counter)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # dropped members of videos kept
+    trajectories: TrajectorySummary = field(default_factory=TrajectorySummary)
 
     def merge(self, other: InspectReport) -> None:
+        self.trajectories.merge(other.trajectories)
         self.videos += other.videos
         self.frames += other.frames
         self.seconds += other.seconds
@@ -80,7 +83,7 @@ class InspectReport:
                  f"total duration: {self.seconds:.1f} s ({self.seconds / 3600:.2f} h)",
                  "resolutions: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in self.resolutions.most_common()),
                  "fps: " + ", ".join(f"{f:g}: {n}" for f, n in sorted(self.fps.items())),
-                 f"unreadable: {len(self.unreadable)}"]
+                 *self.trajectories.lines(), f"unreadable: {len(self.unreadable)}"]
         lines += [f"  {src}: {why}" for src, why in self.unreadable]
         if self.warnings:
             lines += [f"warnings (no video lost): {len(self.warnings)}"]
@@ -107,6 +110,11 @@ def inspect_file(uri: str, endpoint_url: str | None = None) -> InspectReport:
         report.seconds += info.duration_s
         report.resolutions[(info.width, info.height)] += 1
         report.fps[round(info.fps, 2)] += 1
+        if "npz" in sample.members:
+            try:
+                report.trajectories.add(sample)
+            except (TrajectoryError, ValueError, KeyError) as e:
+                report.unreadable.append((sample.source, f"bad trajectory arrays or metadata ({e})"))
     return report
 
 
