@@ -177,7 +177,7 @@ def test_resumed_run_on_shards_continues_at_its_data_position(tmp_path, ray_clus
     full = run_pretrain(cfg("full"))
     first = run_pretrain(cfg("split"), stop_at=4)
     saved = tuple(ckpt.latest_meta(str(tmp_path / "split" / "ray" / first.name))["data_position"]["position"])
-    assert saved[0] >= 1, saved  # 4 steps of 2 workers x 4 clips read past the first pass over 3 shards
+    assert saved > (0, 0), saved  # 4 steps of 2 workers x 4 clips read past the first shard
     rest = run_pretrain(cfg("split"), resume=True)
     assert rest.name == first.name and rest.metrics["step"] == 8
     resumed, uninterrupted = _positions(rest.run_dir), _positions(full.run_dir)

@@ -179,14 +179,18 @@ class MLflowRegistry:
     def register(self, handle: dict, directory: str | Path, name: str, alias: str | None = None,
                  description: str | None = None) -> str:
         """Log ``directory`` as the run's ``world_model`` artifact, register it as a new version of ``name``,
-        point ``alias`` at it; returns the exact ``models:/NAME/VERSION``."""
+        point ``alias`` at it; returns the exact ``models:/NAME/VERSION``. (The folder is a vwm artifact, not
+        an MLflow flavour, so the version's source is the artifact folder itself.)"""
         run_id = handle["run_id"]
         self.client.log_artifacts(run_id, str(directory), "world_model")
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
-        version = mlflow.register_model(f"runs:/{run_id}/world_model", name, await_registration_for=60).version
-        if description:
-            self.client.update_model_version(name, version, description=description)
+        try:
+            self.client.create_registered_model(name)
+        except mlflow.exceptions.MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/world_model"
+        version = self.client.create_model_version(name, source=source, run_id=run_id,
+                                                   description=description).version
         if alias:
             self.client.set_registered_model_alias(name, alias, version)
         self.client.set_tag(run_id, "registered_model", f"models:/{name}/{version}")
@@ -197,13 +201,28 @@ class MLflowRegistry:
 
 
 def download_artifacts(uri: str, tracking_uri: str | None = None) -> Path:
-    """A local folder with the contents of a ``models:/``, ``runs:/`` or artifact URI.
+    """A local folder with the contents of a ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/`` or
+    artifact URI. Nothing global is set: the client names its tracking and registry URI itself (MLflow's
+    ``set_registry_uri`` would also leak into every child process through the environment).
 
-    MLflow reserves the alias ``latest``; ``models:/NAME@latest`` is read as its ``models:/NAME/latest``.
+    MLflow reserves the alias ``latest``; ``models:/NAME@latest`` and ``models:/NAME/latest`` give the
+    newest version.
     """
-    uri_ = tracking_uri or resolve_tracking_uri(TrackingConfig())
-    mlflow.set_tracking_uri(uri_)
-    mlflow.set_registry_uri(uri_)
-    if uri.startswith("models:/") and uri.lower().endswith("@latest"):
-        uri = uri[: -len("@latest")] + "/latest"
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    tracking = tracking_uri or resolve_tracking_uri(TrackingConfig())
+    if uri.startswith("models:/"):
+        client = MlflowClient(tracking, registry_uri=tracking)
+        ref = uri[len("models:/"):]
+        name, sep, alias = ref.partition("@")
+        if not sep:
+            name, _, alias = ref.partition("/")
+        if alias.lower() == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise FileNotFoundError(f"{uri}: no registered model {name!r} at {tracking}")
+            version = max(versions, key=lambda v: int(v.version))
+        elif sep:
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            version = client.get_model_version(name, alias)
+        uri = version.source
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking))
