@@ -29,25 +29,49 @@ def load_or_exit(args: argparse.Namespace, model: type | None = None):
         raise SystemExit(2) from None
 
 
-def run_job(main, model: type, doc: str | None) -> None:
-    """The ``__main__`` of a thin job taking only ``--config``/``--set``: parse, load ``model``, exit with main's code."""
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--local", action="store_true",
+                   help="train in this process; default: Ray Train + DeepSpeed on RAY_ADDRESS or a local Ray")
+    p.add_argument("--resume", action="store_true", help="continue the newest run of this name from its checkpoint")
+
+
+def run_job(main, model: type, doc: str | None, training: bool = False) -> None:
+    """The ``__main__`` of a thin job: parse ``--config``/``--set`` (and ``--local``/``--resume`` for a
+    training job), load ``model``, exit with main's code."""
+    logging.basicConfig(level=logging.INFO)
     parser = argparse.ArgumentParser(description=doc)
-    add_config_args(parser)
-    sys.exit(main(load_or_exit(parser.parse_args(), model)))
+    (add_training_args if training else add_config_args)(parser)
+    args = parser.parse_args()
+    cfg = load_or_exit(args, model)
+    sys.exit(main(cfg, local=args.local, resume=args.resume) if training else main(cfg))
 
 
-def _pretrain(args: argparse.Namespace) -> int:
-    cfg = load_or_exit(args)
+def train_and_describe(run, cfg, *, local: bool, resume: bool) -> int:
+    """Run a ``run_*`` training function and print where its results are; bad data paths exit 2."""
     from vwm.data.shards import DataSourceError
-    from vwm.tasks.jepa import run_pretrain
 
     try:
-        result = run_pretrain(cfg, local=args.local, resume=args.resume)
-    except DataSourceError as e:
+        result = run(cfg, local=local, resume=resume)
+    except (DataSourceError, ConfigError) as e:
         print(f"vwm: {e}", file=sys.stderr)
         return 2
     print(describe_result(result))
     return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from vwm.tasks.jepa import run_pretrain
+
+    return train_and_describe(run_pretrain, load_or_exit(args), local=args.local, resume=args.resume)
+
+
+def _posttrain(args: argparse.Namespace) -> int:
+    from vwm.config import PosttrainConfig
+    from vwm.tasks.ac import run_posttrain
+
+    return train_and_describe(run_posttrain, load_or_exit(args, PosttrainConfig), local=args.local,
+                              resume=args.resume)
 
 
 def describe_result(result) -> str:
@@ -143,11 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vwm", description="video world models: JEPA pretraining on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pretrain", help="self-supervised V-JEPA pretraining")
-    add_config_args(p)
-    p.add_argument("--local", action="store_true",
-                   help="train in this process; default: Ray Train + DeepSpeed on RAY_ADDRESS or a local Ray")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    add_training_args(p)
     p.set_defaults(func=_pretrain)
+    p = sub.add_parser("posttrain", help="action-conditioned post-training (V-JEPA 2-AC) on trajectory shards")
+    add_training_args(p)
+    p.set_defaults(func=_posttrain)
     p = sub.add_parser("sweep", help="Ray Tune sweep over a pretrain config (every trial a TorchTrainer run)")
     add_config_args(p)
     p.set_defaults(func=_sweep)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import zlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator
@@ -179,6 +180,12 @@ def _file_dataset(sources: list[str], *, seed: int, epochs: Iterable[int], start
     if max_tasks is None:  # without the reservation, bound the tasks in flight by what the cluster can run
         max_tasks = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
     return ds.map_batches(fn, batch_size=1, fn_kwargs=fn_kwargs, num_cpus=num_cpus, concurrency=max_tasks)
+
+
+def covering_epochs(rows_needed: int, files: int, rows_per_file: int, cap: int = 10_000) -> int:
+    """Passes over ``files`` that surely yield ``rows_needed`` rows, assuming as few as ``rows_per_file`` per
+    file (one video or episode each), plus one for what the workers' drop_last leaves behind."""
+    return max(1, min(math.ceil(rows_needed / max(1, files * rows_per_file)) + 1, max(1, cap // max(1, files))))
 
 
 def build_dataset(cfg: DataConfig, *, seed: int, epochs: Iterable[int], ledger, start_order: int = 0,

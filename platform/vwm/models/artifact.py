@@ -9,7 +9,8 @@ Layout (format version 1)::
     weights.pt      {module name: state dict}, plain tensors: loads with ``torch.load(weights_only=True)``
 
 ``load_world_model(uri)`` takes a folder, ``runs:/...``, ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``
-and returns a ``WorldModel`` whose ``encode(frames_uint8)`` applies the recorded preprocessing itself.
+and returns a ``WorldModel`` (or, for ``vjepa-ac``, an ``ACWorldModel`` with ``predict`` and ``rollout``)
+whose ``encode(frames_uint8)`` applies the recorded preprocessing itself.
 Wave-1 folders (a single ``world_model.pt``) still load: their contents map onto the same manifest.
 """
 
@@ -33,7 +34,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
 LEGACY_FILE = "world_model.pt"
-KINDS = ("vjepa",)
+KINDS = ("vjepa", "vjepa-ac")
 
 
 class ArtifactError(ValueError):
@@ -129,9 +130,13 @@ def _read(directory: Path) -> tuple[dict, dict]:
                         "(a pretraining run's final checkpoint has one under world_model/)")
 
 
-def read_world_model(directory: str | Path, device: str | torch.device = "cpu") -> WorldModel:
-    """A world model from a local folder."""
+def read_world_model(directory: str | Path, device: str | torch.device = "cpu"):
+    """A world model from a local folder: a ``WorldModel`` (kind vjepa) or an ``ACWorldModel`` (vjepa-ac)."""
     manifest, weights = _read(Path(directory))
+    if manifest["kind"] == "vjepa-ac":
+        from vwm.models.ac_world_model import load_ac_world_model
+
+        return load_ac_world_model(manifest, weights).to(device)
     if manifest["kind"] != "vjepa":
         raise ArtifactError(f"{directory}: kind {manifest['kind']!r} is not loadable by this vwm")
     cfg = ModelConfig.model_validate(manifest["model_config"])

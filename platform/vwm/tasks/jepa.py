@@ -9,7 +9,6 @@ replica checksum. ``export`` writes the world-model artifact (kind ``vjepa``).
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,10 +169,12 @@ class JepaTask:
 
 def dataset_epochs(cfg: PretrainConfig, num_sources: int) -> int:
     """Passes over the shard list that surely cover the run (assuming as few as one video per file)."""
+    from vwm.data.pipeline import covering_epochs
+
     if cfg.dist.dataset_epochs:
         return cfg.dist.dataset_epochs
     clips = cfg.train.steps * cfg.optim.grad_accumulation * cfg.data.batch_size * cfg.dist.num_workers
-    return max(1, min(math.ceil(clips / max(1, num_sources * cfg.data.clips_per_video)) + 1, 10_000 // num_sources))
+    return covering_epochs(clips, num_sources, cfg.data.clips_per_video)
 
 
 def run_pretrain(cfg: PretrainConfig, **kwargs):

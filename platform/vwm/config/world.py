@@ -1,0 +1,210 @@
+"""Configs of the world-model jobs: environments and trajectory collection, trajectory windows, and
+action-conditioned post-training (``PosttrainConfig``). Conventions as in ``vwm.config.core``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from vwm.config.core import TrainerConfig, _Strict
+
+
+# ------------------------------------------------------------------ environments and trajectory data
+class TwoRoomsConfig(_Strict):
+    """TwoRooms geometry in world units (the arena is ``arena`` wide; 64 units = 64 pixels at image_size 64)."""
+
+    arena: float = Field(64.0, gt=0)
+    wall_x: float = Field(32.0, gt=0, description="centre of the dividing wall")
+    wall_width: float = Field(4.0, gt=0)
+    door_y: float = Field(40.0, gt=0, description="centre of the door")
+    door_width: float = Field(12.0, gt=0)
+    agent_radius: float = Field(2.0, gt=0, description="collision half-size and drawn radius")
+    action_scale: float = Field(2.5, gt=0, description="displacement per step at |action| = 1, per axis")
+    success_radius: float = Field(4.0, gt=0)
+
+    @model_validator(mode="after")
+    def _geometry(self) -> TwoRoomsConfig:
+        if self.door_width <= 2 * self.agent_radius:
+            raise ValueError(f"env.two_rooms.door_width={self.door_width} must exceed 2 x agent_radius="
+                             f"{self.agent_radius} or the agent cannot pass the door")
+        half = self.wall_width / 2
+        if not (self.agent_radius < self.wall_x - half and self.wall_x + half < self.arena - self.agent_radius):
+            raise ValueError(f"env.two_rooms.wall_x={self.wall_x} (width {self.wall_width}) leaves no room on one "
+                             f"side of the {self.arena}-wide arena")
+        if not (self.door_width / 2 <= self.door_y <= self.arena - self.door_width / 2):
+            raise ValueError(f"env.two_rooms.door_y={self.door_y} puts the door (width {self.door_width}) outside "
+                             f"the arena [0, {self.arena}]")
+        return self
+
+
+class PushTConfig(_Strict):
+    """The Push-T adapter: relative actions and DINO-WM's success tolerances (pixels of the 512 arena)."""
+
+    action_scale: float = Field(50.0, gt=0, description="PD target offset from the agent at |action| = 1, px")
+    position_tolerance: float = Field(20.0, gt=0, description="agent+block position error (one norm) for success")
+    angle_tolerance: float = Field(0.3490658503988659, gt=0, description="block angle error for success (pi/9)")
+
+
+class EnvConfig(_Strict):
+    name: Literal["two_rooms", "push_t"] = "two_rooms"
+    image_size: int = Field(64, ge=8, description="rendered frames are image_size x image_size RGB")
+    two_rooms: TwoRoomsConfig = TwoRoomsConfig()
+    push_t: PushTConfig = PushTConfig()
+
+    def kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the chosen env (``vwm.envs.make_env(name, **kwargs)``)."""
+        return {"image_size": self.image_size, **getattr(self, self.name).model_dump()}
+
+
+class RandomWalkConfig(_Strict):
+    persistence: float = Field(0.9, ge=0, le=1, description="probability of keeping the heading each step")
+    noise_std: float = Field(0.2, ge=0, description="Gaussian jitter on each action")
+
+
+class ExpertConfig(_Strict):
+    noise_std: float = Field(0.3, ge=0, description="Gaussian noise on each action of the scripted expert")
+
+
+class PolicyConfig(_Strict):
+    """Per episode, the noisy expert with probability ``expert_fraction``, else the random walk."""
+
+    expert_fraction: float = Field(0.5, ge=0, le=1)
+    random_walk: RandomWalkConfig = RandomWalkConfig()
+    expert: ExpertConfig = ExpertConfig()
+
+
+class CollectConfig(_Strict):
+    """``vwm data collect``: roll out episodes as Ray tasks and write trajectory shards (vwm.data.trajectories)."""
+
+    out: str = Field("outputs/trajectories/two_rooms",
+                     description="folder or s3:// prefix; train/ and held_out/ go under it")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    env: EnvConfig = EnvConfig()
+    policy: PolicyConfig = PolicyConfig()
+    episodes: int = Field(2000, ge=1)
+    steps: int = Field(100, ge=1, description="actions per episode; an episode has steps + 1 frames")
+    seed: int = 0
+    held_out_fraction: float = Field(0.1, ge=0, lt=1, description="share of episodes in held_out/ (planning goals)")
+    episodes_per_shard: int = Field(50, ge=1)
+    workers: int | None = Field(None, ge=1, description="shard tasks in flight; default: the cluster's CPUs")
+    fps: int = Field(10, ge=1, description="frame rate written into the mp4 (the env's control rate)")
+    crf: int = Field(18, ge=0, le=51, description="H.264 quality; lower keeps the small agent sharper")
+
+    @model_validator(mode="after")
+    def _even_frames(self) -> CollectConfig:
+        if self.env.image_size % 2:
+            raise ValueError(f"env.image_size={self.env.image_size} is odd; H.264 (yuv420p) needs even sides, "
+                             f"use {self.env.image_size + 1}")
+        return self
+
+
+class TrajectoryConfig(_Strict):
+    """Aligned windows from trajectory shards for action-conditioned training (vwm.data.pipeline)."""
+
+    paths: list[str] = Field(default_factory=list,
+                             description="trajectory shards: files, folders, globs; local or s3://")
+    endpoint_url: str | None = None
+    frames: int = Field(8, ge=2, description="T: frames per window (model steps + 1)")
+    frameskip: int = Field(5, ge=1, description="env steps per model step; their actions are concatenated")
+    windows_per_episode: int = Field(4, ge=1, description="random windows cut from each episode per epoch")
+    size: int | None = Field(None, ge=8, description="resize frames to size x size (a resize keeps actions valid)")
+    hflip: float = Field(0.0, ge=0, le=1, description="mirror probability; only episodes whose metadata gives "
+                                                       "a mirror map are flipped, their actions and states with them")
+    normalize: bool = Field(True, description="z-score actions and states with the dataset's statistics")
+    stats: str | None = Field(None, description="dataset.json written by vwm data collect; default: merged "
+                                                "from the episodes' own statistics")
+    batch_size: int = Field(16, ge=1)
+    shuffle_buffer: int = Field(64, ge=0)
+    prefetch_batches: int = Field(2, ge=0)
+    decode_num_cpus: float = Field(1.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("paths"), str):
+            data = {**data, "paths": [data["paths"]]}
+        return data
+
+
+class BenchCollectConfig(_Strict):
+    """``jobs/bench_collect.py``: env steps/s per CPU (rendering included) and the 1 -> 2 Ray worker speed-up."""
+
+    envs: list[Literal["two_rooms", "push_t"]] = Field(default_factory=lambda: ["two_rooms", "push_t"], min_length=1)
+    image_size: int = Field(64, ge=8)
+    loop_steps: int = Field(2000, ge=10, description="steps of the single-process loop per env")
+    episodes: dict[str, int] = Field(default_factory=lambda: {"two_rooms": 200, "push_t": 24},
+                                     description="episodes collected through Ray per env and worker count")
+    steps: int = Field(100, ge=1)
+    workers: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    out: str = "outputs/bench_collect"
+    report: str | None = Field("docs/performance.md", description="markdown file whose table is replaced")
+
+
+# ---------------------------------------------------------------------------- action-conditioned post-training
+class ACPredictorConfig(_Strict):
+    dim: int = Field(192, ge=1)
+    depth: int = Field(6, ge=1)
+    heads: int = Field(6, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+
+
+class ACLossWeights(_Strict):
+    teacher_forcing: float = Field(1.0, ge=0, description="L1 of one-step predictions from true context frames")
+    rollout: float = Field(1.0, ge=0, description="L1 of the autoregressive rollout over ac.rollout_steps")
+    state: float = Field(0.1, ge=0, description="L1 of the predicted next state (normalised units)")
+
+
+class ACConfig(_Strict):
+    """V-JEPA 2-AC: a predictor of the next frame's features from the current ones, an action and a state."""
+
+    encoder_uri: str = Field(description="the pretrained encoder: models:/vwm-jepa@ALIAS, runs:/ID/world_model or "
+                                         "a world-model folder")
+    encoder: Literal["frozen", "ema"] = Field(
+        "frozen", description="frozen: the reference; ema: trained with the predictor against an EMA target")
+    pool: int | None = Field(None, ge=1, description="average each frame's feature grid to pool x pool tokens "
+                                                     "(fewer tokens, cheaper planning); null: the full grid")
+    rollout_steps: int = Field(2, ge=1, description="autoregressive steps of the rollout loss")
+    residual: bool = Field(True, description="predict the change of frame t's features and state (starts at the "
+                                             "copy-last-frame baseline); false: predict them outright, as the reference")
+    loss_weights: ACLossWeights = ACLossWeights()
+    predictor: ACPredictorConfig = ACPredictorConfig()
+
+    @model_validator(mode="after")
+    def _heads(self) -> ACConfig:
+        if self.predictor.dim % self.predictor.heads:
+            raise ValueError(f"ac.predictor.dim={self.predictor.dim} is not divisible by "
+                             f"ac.predictor.heads={self.predictor.heads}")
+        return self
+
+
+class ACMonitorConfig(_Strict):
+    every: int = Field(50, ge=1, description="feature std and RankMe of the context features every N steps")
+    heldout_paths: list[str] = Field(default_factory=list, description="held-out trajectory shards for "
+                                     "eval/rollout_l1@k at train.eval_every (vwm data collect's held_out/)")
+    heldout_windows: int = Field(32, ge=1)
+
+
+class PosttrainConfig(TrainerConfig):
+    """``vwm posttrain``: an action-conditioned world model on trajectory shards, from a pretrained encoder."""
+
+    data: TrajectoryConfig = TrajectoryConfig()
+    ac: ACConfig
+    monitor: ACMonitorConfig = ACMonitorConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_name(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # the AC model registers under its own name unless one is given
+            tracking = data.get("tracking") if isinstance(data.get("tracking"), dict) else {}
+            data = {**data, "tracking": {"register_as": "vwm-ac", **tracking}}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PosttrainConfig:
+        if not self.data.paths:
+            raise ValueError("data.paths is empty: point it at trajectory shards (vwm data collect's train/ folder)")
+        if self.ac.rollout_steps > self.data.frames - 1:
+            raise ValueError(f"ac.rollout_steps={self.ac.rollout_steps} needs windows of at least "
+                             f"{self.ac.rollout_steps + 1} frames; data.frames={self.data.frames}")
+        return self

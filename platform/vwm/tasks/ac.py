@@ -1,0 +1,272 @@
+"""Action-conditioned post-training (V-JEPA 2-AC) as a task of the shared trainer.
+
+The encoder comes from a pretraining run's artifact (``ac.encoder_uri``). ``ac.encoder: frozen`` (the
+reference) keeps it fixed and trains the predictor alone; ``ema`` trains it with the predictor against an
+EMA copy that makes the targets (the seeds' action-conditioned JEPA: Pred(s_t, a_t) vs SG(target(x_t+1))).
+Loss: teacher-forcing L1 on the next frame's layer-normed features + an autoregressive rollout L1 over
+``ac.rollout_steps`` + an L1 on the predicted next state, weighted by ``ac.loss_weights``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vwm.config import PosttrainConfig
+from vwm.eval.rankme import feature_std, rankme, token_sample
+from vwm.models.ac_predictor import ACPredictor
+from vwm.models.ac_world_model import ACModule, FrameEncoder, frozen_copy, rollout
+from vwm.models.artifact import read_world_model, write_artifact
+from vwm.tracking.registry import local_path
+from vwm.train.ema import assert_identical_across_ranks, broadcast_from_rank0, update_target
+from vwm.train.schedules import ema_at
+from vwm.train.trainer import Hook, StepInfo
+
+
+@dataclass
+class WindowBatch:
+    frames_BTHWC: torch.Tensor  # uint8
+    actions_BTA: torch.Tensor  # T - 1 rows, normalised
+    states_BTS: torch.Tensor  # normalised
+    position: tuple[int, int] | None = None
+
+
+def collate_windows(batch: dict[str, np.ndarray]) -> WindowBatch:
+    position = None
+    if "epoch" in batch and "order" in batch:
+        position = max(zip(batch["epoch"].tolist(), batch["order"].tolist()))
+    return WindowBatch(torch.as_tensor(np.ascontiguousarray(batch["frames_THWC"])),
+                       torch.as_tensor(np.ascontiguousarray(batch["actions_TA"]), dtype=torch.float32),
+                       torch.as_tensor(np.ascontiguousarray(batch["states_TS"]), dtype=torch.float32), position)
+
+
+def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs().mean()
+
+
+def ledger_name(run_name: str) -> str:
+    return f"skips-{run_name}"
+
+
+class ACTask:
+    kind = "ac"
+    config_cls = PosttrainConfig
+
+    def __init__(self, cfg: PosttrainConfig, *, rank: int, device: torch.device, run_name: str, provenance: dict):
+        self.cfg, self.rank, self.device, self.run_name, self.provenance = cfg, rank, device, run_name, provenance
+        self.samples_per_batch = cfg.data.batch_size
+        self.parent = read_world_model(local_path(cfg.ac.encoder_uri, cfg.tracking.tracking_uri))
+        self.stats = window_stats(cfg)
+        self.target: FrameEncoder | None = None  # frozen encoder, or the EMA target of the online one
+        self.last_z: torch.Tensor | None = None
+
+    # ---------------------------------------------------------------------------------------- model
+    def _frame_encoder(self) -> FrameEncoder:
+        p = self.parent.manifest
+        enc = FrameEncoder(self.parent.model_config, p["geometry"]["crop"], self.cfg.ac.pool,
+                           p["preprocessing"]["mean"], p["preprocessing"]["std"])
+        enc.encoder.load_state_dict(self.parent.encoder.state_dict())
+        return enc
+
+    def _predictor(self, enc: FrameEncoder) -> ACPredictor:
+        c, m = self.cfg, self.parent.model_config
+        pool = c.ac.pool
+        return ACPredictor(enc_dim=m.dim, dim=c.ac.predictor.dim, depth=c.ac.predictor.depth,
+                           heads=c.ac.predictor.heads, mlp_ratio=c.ac.predictor.mlp_ratio,
+                           grid_hw=(pool, pool) if pool else enc.grid_hw, max_frames=c.data.frames,
+                           action_dim=self.stats["action_dim"], state_dim=self.stats["state_dim"],
+                           pos_embed=m.pos_embed, qkv_bias=m.qkv_bias, init_std=m.init_std, residual=c.ac.residual)
+
+    def build(self) -> torch.nn.Module:
+        enc = self._frame_encoder()
+        online = enc if self.cfg.ac.encoder == "ema" else None
+        self.target = frozen_copy(enc).to(self.device)
+        broadcast_from_rank0(self.target)
+        return ACModule(self._predictor(enc), online)
+
+    def loss(self, engine, batch: WindowBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        ac, d = self.cfg.ac, self.device
+        frames, actions, states = batch.frames_BTHWC.to(d), batch.actions_BTA.to(d), batch.states_BTS.to(d)
+        with torch.no_grad():
+            target_BTND = self.target(frames)  # the frozen encoder's features, or the EMA target's
+        # frozen: the predictor reads the same features it is scored against; ema: the online encoder's
+        z_BTND, pred_BTND, spred_BTS, roll_BRND = engine(target_BTND, actions, states, ac.rollout_steps,
+                                                         frames if ac.encoder == "ema" else None)
+        loss_tf = l1(pred_BTND, target_BTND[:, 1:])
+        loss_roll = l1(roll_BRND, target_BTND[:, 1:ac.rollout_steps + 1])
+        loss_state = l1(spred_BTS, states[:, 1:])
+        w = ac.loss_weights
+        loss = w.teacher_forcing * loss_tf + w.rollout * loss_roll + w.state * loss_state
+        self.last_z = z_BTND.detach()
+        extras = {"train/loss_tf": float(loss_tf.detach()), "train/loss_rollout": float(loss_roll.detach()),
+                  "train/loss_state": float(loss_state.detach())}
+        if ac.encoder == "ema":
+            extras["train/ema_momentum"] = self._momentum(step)
+        return loss, extras
+
+    def _momentum(self, step: int) -> float:
+        return ema_at(step, self.cfg.optim.ema, self.cfg.train.steps)
+
+    def after_step(self, engine, step: int) -> None:
+        if self.cfg.ac.encoder == "ema":
+            update_target(engine, self.target, self._momentum(step), source="encoder")
+
+    def state_dict(self) -> dict:
+        return {"target": self.target.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.target.load_state_dict(state["target"])
+
+    def export(self, directory: Path, module_state: dict[str, torch.Tensor]) -> None:
+        c, p = self.cfg, self.parent.manifest
+        predictor = {k[len("predictor."):]: v for k, v in module_state.items() if k.startswith("predictor.")}
+        write_artifact(directory, kind="vjepa-ac", model_config=self.parent.model_config,
+                       frames=self.parent.model_config.tubelet_size, crop=p["geometry"]["crop"],
+                       weights={"encoder": self.target.encoder.state_dict(), "predictor": predictor},
+                       extras={"ac": {"pool": c.ac.pool, "max_frames": c.data.frames, "residual": c.ac.residual,
+                                      **c.ac.predictor.model_dump(mode="json")},
+                               "action_dim": self.stats["action_dim"], "state_dim": self.stats["state_dim"],
+                               "frameskip": c.data.frameskip, "env_action_dim": self.stats["env_action_dim"],
+                               "normalisation": {k: self.stats[k] for k in
+                                                 ("action_mean", "action_std", "state_mean", "state_std")}},
+                       parent_uri=c.ac.encoder_uri, git_commit=self.provenance.get("git_commit"))
+
+    # ----------------------------------------------------------------------------------------- data
+    def batches(self, start_micro: int, position, shard):
+        """Windows of trajectory shards through the Ray Data pipeline: in-process one dataset per epoch from
+        ``position``; under Ray Train this worker's split of the driver's dataset, passed over again."""
+        import ray
+
+        from vwm.data.pipeline import clip_batches, local_batches, skip_ledger
+
+        c = self.cfg
+        ledger = skip_ledger(ledger_name(self.run_name))
+        if shard is None:
+            from vwm.raycluster import connect
+
+            connect()
+            stream = iter(local_batches(c.data, collate_windows, seed=c.train.seed, ledger=ledger,
+                                        position=position))
+        else:
+            stream = (b for p in itertools.count() for b in clip_batches(
+                shard, collate_windows, c.data, seed=c.train.seed, rank=self.rank, pass_index=p))
+        return stream, lambda: ray.get(ledger.count.remote())
+
+    @staticmethod
+    def dataset(cfg: PosttrainConfig, run_name: str, position):
+        from vwm.data.pipeline import build_trajectory_dataset, covering_epochs, skip_ledger
+        from vwm.data.shards import list_sources
+
+        epoch, order = position or (0, 0)
+        windows = cfg.train.steps * cfg.optim.grad_accumulation * cfg.data.batch_size * cfg.dist.num_workers
+        epochs = cfg.dist.dataset_epochs or covering_epochs(
+            windows, len(list_sources(cfg.data.paths, cfg.data.endpoint_url)), cfg.data.windows_per_episode)
+        return build_trajectory_dataset(cfg.data, seed=cfg.train.seed, epochs=range(epoch, epoch + epochs),
+                                        ledger=skip_ledger(ledger_name(run_name)), start_order=order)
+
+    # ---------------------------------------------------------------------------------------- hooks
+    def hooks(self) -> list[Hook]:
+        hooks = [Hook("representation monitor", self.cfg.monitor.every, self._monitor, first=True)]
+        if self.cfg.ac.encoder == "ema":
+            hooks.append(Hook("replica checksum", self.cfg.dist.checksum_every, self._checksum, all_ranks=True))
+        if self.cfg.train.eval_every and self.cfg.monitor.heldout_paths:
+            self._heldout = heldout_windows(self.cfg)
+            hooks.append(Hook("held-out rollouts", self.cfg.train.eval_every, self._evaluate, all_ranks=True,
+                              report=True))
+        return hooks
+
+    def _monitor(self, info: StepInfo) -> dict[str, float]:
+        rows_ND = token_sample(self.last_z.flatten(1, 2))
+        return {"repr/std": feature_std(rows_ND), "repr/rankme": rankme(rows_ND)}
+
+    def _checksum(self, info: StepInfo) -> None:
+        assert_identical_across_ranks(self.target, info.done, info.engine, source="encoder")
+
+    @torch.no_grad()
+    def _evaluate(self, info: StepInfo) -> dict[str, float]:
+        module = info.engine.module
+        module.eval()
+        try:
+            return rollout_metrics(module.predictor, self.target, self._heldout, self.cfg.data.frames - 1,
+                                   self.device)
+        finally:
+            module.train()
+
+
+@torch.no_grad()
+def rollout_metrics(predictor, encoder, windows: WindowBatch, horizon: int, device) -> dict[str, float]:
+    """Held-out rollout L1 at 1, 2 and H steps, beside copying the last observed frame (the baseline a
+    predictor must beat): ``eval/rollout_l1@k`` and ``eval/rollout_vs_copy@k`` (< 1 beats the copy)."""
+    out: dict[str, float] = {}
+    for chunk in range(0, len(windows.frames_BTHWC), 16):
+        sl = slice(chunk, chunk + 16)
+        z_BTND = encoder(windows.frames_BTHWC[sl].to(device))
+        roll_BHND, _ = rollout(predictor, z_BTND[:, 0], windows.actions_BTA[sl, :horizon].to(device),
+                               windows.states_BTS[sl, 0].to(device))
+        for k in sorted({1, min(2, horizon), horizon}):
+            err = (roll_BHND[:, k - 1] - z_BTND[:, k]).abs().mean(dim=(1, 2))
+            copy = (z_BTND[:, 0] - z_BTND[:, k]).abs().mean(dim=(1, 2))
+            out.setdefault(f"l1@{k}", []).extend(err.tolist())
+            out.setdefault(f"copy@{k}", []).extend(copy.tolist())
+    metrics = {}
+    for key in [k for k in out if k.startswith("l1@")]:
+        k = key[3:]
+        err, copy = float(np.mean(out[key])), float(np.mean(out[f"copy@{k}"]))
+        metrics[f"eval/rollout_l1@{k}"], metrics[f"eval/rollout_vs_copy@{k}"] = err, err / max(copy, 1e-9)
+    return metrics
+
+
+def window_stats(cfg: PosttrainConfig) -> dict:
+    """Dims and normalisation of the windows: what the pipeline applies and the artifact records."""
+    from vwm.data.shards import list_sources
+    from vwm.data.trajectories import load_stats
+
+    sources = list_sources(cfg.data.paths, cfg.data.endpoint_url)
+    stats = load_stats(cfg.data.stats, sources, cfg.data.endpoint_url)
+    k = cfg.data.frameskip
+    a_mean, a_std = np.asarray(stats["actions"]["mean"]), np.asarray(stats["actions"]["std"])
+    s_mean, s_std = np.asarray(stats["states"]["mean"]), np.asarray(stats["states"]["std"])
+    if not cfg.data.normalize:  # the pipeline passes raw values: record the identity
+        a_mean, a_std, s_mean, s_std = (np.zeros_like(a_mean), np.ones_like(a_std), np.zeros_like(s_mean),
+                                        np.ones_like(s_std))
+    return {"action_dim": len(a_mean) * k, "env_action_dim": len(a_mean), "state_dim": len(s_mean),
+            "action_mean": np.tile(a_mean, k).tolist(), "action_std": np.tile(a_std, k).tolist(),
+            "state_mean": s_mean.tolist(), "state_std": s_std.tolist()}
+
+
+def heldout_windows(cfg: PosttrainConfig) -> WindowBatch:
+    """``monitor.heldout_windows`` windows of the held-out episodes, the first one per episode, normalised
+    as training windows are (no flips): the same for every eval step and every rank."""
+    from vwm.data.shards import iter_samples, list_sources
+    from vwm.data.trajectories import episode_windows, load_stats
+
+    d = cfg.data
+    stats = load_stats(d.stats, list_sources(d.paths, d.endpoint_url), d.endpoint_url) if d.normalize else None
+    rows = []
+    for uri in list_sources(cfg.monitor.heldout_paths, d.endpoint_url):
+        for sample in iter_samples(uri, d.endpoint_url):
+            if isinstance(sample, tuple) or "npz" not in sample.members:
+                continue
+            rng = np.random.default_rng([cfg.train.seed, zlib.crc32(sample.source.encode()), 0xE7A1])
+            rows += episode_windows(sample, frames=d.frames, frameskip=d.frameskip, count=1, rng=rng,
+                                    stats=stats, size=d.size)
+            if len(rows) >= cfg.monitor.heldout_windows:
+                break
+        if len(rows) >= cfg.monitor.heldout_windows:
+            break
+    if not rows:
+        raise ValueError(f"monitor.heldout_paths {cfg.monitor.heldout_paths}: no trajectory episode long enough "
+                         f"for a window of {d.frames} frames every {d.frameskip}")
+    return collate_windows({k: np.stack([r[k] for r in rows]) for k in ("frames_THWC", "actions_TA", "states_TS")})
+
+
+def run_posttrain(cfg: PosttrainConfig, **kwargs):
+    """Action-conditioned post-training: ``vwm posttrain`` and ``jobs/posttrain.py``."""
+    from vwm.train.launch import run_training
+
+    return run_training(cfg, ACTask, **kwargs)
