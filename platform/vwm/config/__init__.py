@@ -14,5 +14,5 @@ from vwm.config.core import (  # noqa: F401
 from vwm.config.world import (  # noqa: F401
     TwoRoomsConfig, PushTConfig, EnvConfig, RandomWalkConfig, ExpertConfig, PolicyConfig, CollectConfig,
     TrajectoryConfig, BenchCollectConfig, ACPredictorConfig, ACLossWeights, ACConfig, ACMonitorConfig,
-    PosttrainConfig,
+    PosttrainConfig, BenchPosttrainConfig,
 )

@@ -208,3 +208,19 @@ class PosttrainConfig(TrainerConfig):
             raise ValueError(f"ac.rollout_steps={self.ac.rollout_steps} needs windows of at least "
                              f"{self.ac.rollout_steps + 1} frames; data.frames={self.data.frames}")
         return self
+
+
+class BenchPosttrainConfig(_Strict):
+    """``jobs/bench_posttrain.py``: the planner's budget (one rollout of many candidates) per pooling, and
+    post-training speed and held-out rollout error of the debug recipe on this machine."""
+
+    base: str = "configs/posttrain/debug_cpu.yaml"
+    out: str = "outputs/bench_posttrain"
+    candidates: int = Field(300, ge=1, description="action sequences per rollout (CEM samples)")
+    horizon: int = Field(5, ge=1, description="model steps per rollout")
+    pools: list[int | None] = Field(default_factory=lambda: [1, 2, None], min_length=1)
+    repeats: int = Field(5, ge=1, description="timed rollouts per pooling, after one warm-up")
+    train_steps: int = Field(300, ge=0, description="post-training steps of the learning run; 0 skips it")
+    episodes: int = Field(300, ge=10, description="TwoRooms episodes collected for the learning run")
+    pretrain_steps: int = Field(60, ge=1, description="debug pretraining steps of the encoder")
+    report: str | None = Field("docs/performance.md", description="markdown file whose table is replaced")

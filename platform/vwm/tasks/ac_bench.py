@@ -1,0 +1,105 @@
+"""Post-training benchmark: what one planning rollout costs per pooling, and what the debug recipe reaches.
+
+1. The planner's budget: one batched rollout of ``candidates`` action sequences over ``horizon`` model steps
+   (one predictor call per step over every candidate), for each ``ac.pool``, with the debug recipe's
+   encoder width and predictor. Median of ``repeats`` timed calls after a warm-up.
+2. Learning, end to end in this process: TwoRooms episodes collected, a debug encoder pretrained, then
+   ``train_steps`` of post-training; it reports steps/s and the held-out rollout L1 against copying the
+   last frame (``eval/rollout_vs_copy@k``: below 1 beats the copy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from vwm.benchreport import write_block
+from vwm.config import BenchPosttrainConfig, CollectConfig, EnvConfig, ModelConfig, PosttrainConfig, with_overrides
+from vwm.configfile import load_config
+from vwm.models.ac_predictor import ACPredictor
+from vwm.models.ac_world_model import rollout
+
+
+def rollout_cost(cfg: PosttrainConfig, bench: BenchPosttrainConfig, pool: int | None) -> dict:
+    model = ModelConfig(preset="debug")
+    grid = 64 // model.patch_size
+    torch.manual_seed(0)
+    predictor = ACPredictor(enc_dim=model.dim, dim=cfg.ac.predictor.dim, depth=cfg.ac.predictor.depth,
+                            heads=cfg.ac.predictor.heads, mlp_ratio=cfg.ac.predictor.mlp_ratio,
+                            grid_hw=(pool, pool) if pool else (grid, grid), max_frames=bench.horizon + 1,
+                            action_dim=10, state_dim=2, residual=True).eval()
+    tokens = (pool or grid) ** 2
+    z0_BND = torch.randn(bench.candidates, tokens, model.dim)
+    actions_BHA = torch.rand(bench.candidates, bench.horizon, 10) * 2 - 1
+    state0_BS = torch.zeros(bench.candidates, 2)
+    times = []
+    with torch.no_grad():
+        for i in range(bench.repeats + 1):
+            t0 = time.perf_counter()
+            rollout(predictor, z0_BND, actions_BHA, state0_BS)
+            if i:  # the first call warms up allocators and kernels
+                times.append(time.perf_counter() - t0)
+    return {"pool": f"{pool}x{pool}" if pool else f"full ({grid}x{grid})", "tokens": tokens,
+            "s": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def learning_run(cfg: PosttrainConfig, bench: BenchPosttrainConfig) -> dict:
+    from vwm.data.collect import run_collect
+    from vwm.raycluster import connect
+    from vwm.tasks.ac import run_posttrain
+    from vwm.tasks.jepa import run_pretrain
+
+    out = Path(bench.out).resolve()
+    connect()
+    run_collect(CollectConfig(out=str(out / "traj"), env=EnvConfig(name="two_rooms", image_size=64),
+                              episodes=bench.episodes, steps=100, seed=0, episodes_per_shard=25), progress=False)
+    pre = run_pretrain(load_config("configs/pretrain/debug_cpu.yaml", [
+        f"train.steps={bench.pretrain_steps}", f"train.output_dir={out}/pretrain", "tracking.backend=none"]),
+        local=True, progress=False)
+    run_cfg = with_overrides(cfg, {
+        "ac.encoder_uri": str(Path(pre.checkpoint_path) / "world_model"), "data.paths": [str(out / "traj/train")],
+        "data.stats": str(out / "traj/dataset.json"), "monitor.heldout_paths": [str(out / "traj/held_out")],
+        "train.steps": bench.train_steps, "train.eval_every": bench.train_steps, "train.output_dir": str(out / "post"),
+        "tracking.backend": "jsonl"})
+    t0 = time.perf_counter()
+    result = run_posttrain(run_cfg, local=True, progress=False)
+    seconds = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    step_s = statistics.median(r["perf/step_s"] + r["perf/data_wait_s"] for r in rows if "perf/step_s" in r)
+    evals = [r for r in rows if "eval/rollout_vs_copy@1" in r][-1]
+    return {"steps": bench.train_steps, "seconds": seconds, "steps_per_s": 1.0 / step_s,
+            **{k: v for k, v in evals.items() if k.startswith("eval/")}}
+
+
+def run_bench_posttrain(bench: BenchPosttrainConfig) -> dict:
+    cfg = load_config(bench.base, [f"ac.encoder_uri={bench.out}/unused"], PosttrainConfig)
+    costs = [rollout_cost(cfg, bench, pool) for pool in bench.pools]
+    p = cfg.ac.predictor
+    lines = [f"{date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPUs, torch "
+             f"{torch.__version__}: one rollout of {bench.candidates} candidates x {bench.horizon} steps (one "
+             f"predictor call per step over all candidates), predictor {p.dim}x{p.depth}, debug encoder width; "
+             f"median of {bench.repeats} after a warm-up.", "",
+             "| pooling | tokens per frame | s per rollout (median) | min | max |", "|---|---|---|---|---|"]
+    lines += [f"| {c['pool']} | {c['tokens']} | {c['s']:.3f} | {c['min']:.3f} | {c['max']:.3f} |" for c in costs]
+    learned = learning_run(cfg, bench) if bench.train_steps else None
+    if learned:
+        ks = sorted({k.rsplit("@", 1)[1] for k in learned if "@" in k}, key=int)
+        lines += ["", f"Learning ({bench.episodes} TwoRooms episodes, encoder pretrained {bench.pretrain_steps} "
+                      f"steps, {learned['steps']} post-training steps in one process, {learned['seconds']:.0f} s, "
+                      f"{learned['steps_per_s']:.2f} steps/s): held-out rollout L1 and its ratio to copying the "
+                      "last frame (below 1 beats the copy).", "",
+                  "| steps ahead | rollout L1 | vs copy |", "|---|---|---|"]
+        lines += [f"| {k} | {learned[f'eval/rollout_l1@{k}']:.4f} | {learned[f'eval/rollout_vs_copy@{k}']:.3f} |"
+                  for k in ks]
+    table = "\n".join(lines)
+    print(table)
+    if bench.report:
+        write_block(bench.report, "bench_posttrain", table)
+    return {"rollouts": costs, "learning": learned}
