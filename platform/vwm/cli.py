@@ -144,13 +144,12 @@ def _data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_collect(args: argparse.Namespace) -> int:
-    from vwm.config import CollectConfig
+def collect_and_describe(cfg) -> int:
+    """Collect trajectories (``vwm data collect`` and ``jobs/collect.py``); a bad output path exits 2."""
     from vwm.data.collect import check_output, run_collect
     from vwm.data.shards import DataSourceError
     from vwm.raycluster import connect
 
-    cfg = load_or_exit(args, CollectConfig)
     try:
         check_output(cfg)
         connect()
@@ -161,6 +160,12 @@ def _data_collect(args: argparse.Namespace) -> int:
     print(f"wrote {result.episodes['train']} train and {result.episodes['held_out']} held-out episodes "
           f"({result.bytes / 1e6:.1f} MB) in {result.seconds:.1f} s under {result.out} (dataset.json beside them)")
     return 0
+
+
+def _data_collect(args: argparse.Namespace) -> int:
+    from vwm.config import CollectConfig
+
+    return collect_and_describe(load_or_exit(args, CollectConfig))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,7 +84,7 @@ def test_jobs_collect_main_and_a_missing_bucket(ray_cluster, s3_bucket, tmp_path
     cfg = CollectConfig(out=str(tmp_path / "job"), env=EnvConfig(image_size=16), episodes=3, steps=5,
                         held_out_fraction=0.0)
     assert job.main(cfg) == 0
-    assert "wrote {'train': 3, 'held_out': 0} episodes" in capsys.readouterr().out
+    assert "wrote 3 train and 0 held-out episodes" in capsys.readouterr().out
     assert (tmp_path / "job" / "train" / "shard-00000.tar").is_file()
     endpoint, _ = s3_bucket
     missing = cfg.model_copy(update={"out": "s3://no-such-bucket/x", "endpoint_url": endpoint})

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vwm.config import CollectConfig, EnvConfig, with_overrides
+from vwm.config import CollectConfig, EnvConfig, PosttrainConfig, with_overrides
 from vwm.configfile import load_config
 from tests.conftest import DEBUG_CONFIG, REPO
 
@@ -41,7 +41,7 @@ def _cfg(root: Path, encoder: Path, name: str, *extra):
         f"monitor.heldout_paths=[{root}/traj/held_out]", "monitor.heldout_windows=8", "data.batch_size=8",
         "data.windows_per_episode=2", f"train.output_dir={root}/{name}", f"dist.storage_path={root}/{name}/ray",
         "tracking.backend=jsonl", "train.device=cpu", "train.log_every=1", "monitor.every=2",
-        "ac.predictor={dim: 32, depth: 1, heads: 2}", *extra])
+        "ac.predictor={dim: 32, depth: 1, heads: 2}", *extra], PosttrainConfig)
 
 
 def test_posttrain_on_ray_train_writes_an_ac_world_model(encoder_and_data):
@@ -103,7 +103,7 @@ def test_local_posttrain_learns_and_resumes_from_its_checkpoint(encoder_and_data
 
 
 def test_posttrain_config_errors_before_any_work(tmp_path):
-    from vwm.config import ConfigError, PosttrainConfig
+    from vwm.config import ConfigError
 
     path = REPO / "configs" / "posttrain" / "debug_cpu.yaml"
     cfg = load_config(path, model=PosttrainConfig)

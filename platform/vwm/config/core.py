@@ -20,6 +20,13 @@ class ConfigError(ValueError):
     """A config problem found before any work starts; the message is one line a user can act on."""
 
 
+def one_path(data: Any) -> Any:
+    """``paths: some/folder`` in a file means a list of one path."""
+    if isinstance(data, dict) and isinstance(data.get("paths"), str):
+        data = {**data, "paths": [data["paths"]]}
+    return data
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -78,12 +85,7 @@ class DataConfig(_Strict):
     decode_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each Ray Data decode task")
     synthetic: SyntheticConfig = SyntheticConfig()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_path(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("paths"), str):
-            data = {**data, "paths": [data["paths"]]}
-        return data
+    _one_path = model_validator(mode="before")(classmethod(lambda cls, data: one_path(data)))
 
     @model_validator(mode="after")
     def _paths(self) -> DataConfig:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from vwm.config.core import TrainerConfig, _Strict
+from vwm.config.core import TrainerConfig, _Strict, one_path
 
 
 # ------------------------------------------------------------------ environments and trajectory data
@@ -119,12 +119,7 @@ class TrajectoryConfig(_Strict):
     prefetch_batches: int = Field(2, ge=0)
     decode_num_cpus: float = Field(1.0, gt=0)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_path(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("paths"), str):
-            data = {**data, "paths": [data["paths"]]}
-        return data
+    _one_path = model_validator(mode="before")(classmethod(lambda cls, data: one_path(data)))
 
 
 class BenchCollectConfig(_Strict):

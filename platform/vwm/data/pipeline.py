@@ -78,8 +78,13 @@ class SkipLedger:
 
 
 def skip_ledger(name: str):
-    """The run's ledger actor, created on first use and found by name afterwards (from any worker)."""
+    """The ledger actor of that name, created on first use and found by name afterwards (from any worker)."""
     return SkipLedger.options(name=name, namespace="vwm", get_if_exists=True).remote()
+
+
+def run_ledger(run_name: str):
+    """A training run's ledger: the driver's dataset and every worker of the run count into it."""
+    return skip_ledger(f"skips-{run_name}")
 
 
 def epoch_order(sources: list[str], seed: int, epoch: int) -> list[str]:

@@ -11,8 +11,6 @@ planner compares are made exactly as the ones the predictor was trained on:
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -170,9 +168,3 @@ def load_ac_world_model(manifest: dict, weights: dict) -> ACWorldModel:
     for m in (encoder, predictor):
         m.requires_grad_(False)
     return ACWorldModel(manifest, encoder, predictor)
-
-
-def frozen_copy(module: nn.Module) -> nn.Module:
-    target = copy.deepcopy(module)
-    target.requires_grad_(False)
-    return target

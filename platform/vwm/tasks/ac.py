@@ -9,6 +9,7 @@ Loss: teacher-forcing L1 on the next frame's layer-normed features + an autoregr
 
 from __future__ import annotations
 
+import copy
 import itertools
 import zlib
 from dataclasses import dataclass
@@ -20,11 +21,10 @@ import torch
 from vwm.config import PosttrainConfig
 from vwm.eval.rankme import feature_std, rankme, token_sample
 from vwm.models.ac_predictor import ACPredictor
-from vwm.models.ac_world_model import ACModule, FrameEncoder, frozen_copy, rollout
+from vwm.models.ac_world_model import ACModule, FrameEncoder, rollout
 from vwm.models.artifact import read_world_model, write_artifact
 from vwm.tracking.registry import local_path
-from vwm.train.ema import assert_identical_across_ranks, broadcast_from_rank0, update_target
-from vwm.train.schedules import ema_at
+from vwm.train.ema import EMATarget, submodule_state
 from vwm.train.trainer import Hook, StepInfo
 
 
@@ -47,10 +47,6 @@ def collate_windows(batch: dict[str, np.ndarray]) -> WindowBatch:
 
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().mean()
-
-
-def ledger_name(run_name: str) -> str:
-    return f"skips-{run_name}"
 
 
 class ACTask:
@@ -85,8 +81,9 @@ class ACTask:
     def build(self) -> torch.nn.Module:
         enc = self._frame_encoder()
         online = enc if self.cfg.ac.encoder == "ema" else None
-        self.target = frozen_copy(enc).to(self.device)
-        broadcast_from_rank0(self.target)
+        # frozen: a fixed copy; ema: follows the online encoder after every update
+        self.ema = EMATarget(copy.deepcopy(enc).to(self.device), "encoder", self.cfg.optim, self.cfg.train.steps)
+        self.target = self.ema.module
         return ACModule(self._predictor(enc), online)
 
     def loss(self, engine, batch: WindowBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -106,25 +103,22 @@ class ACTask:
         extras = {"train/loss_tf": float(loss_tf.detach()), "train/loss_rollout": float(loss_roll.detach()),
                   "train/loss_state": float(loss_state.detach())}
         if ac.encoder == "ema":
-            extras["train/ema_momentum"] = self._momentum(step)
+            extras["train/ema_momentum"] = self.ema.momentum(step)
         return loss, extras
-
-    def _momentum(self, step: int) -> float:
-        return ema_at(step, self.cfg.optim.ema, self.cfg.train.steps)
 
     def after_step(self, engine, step: int) -> None:
         if self.cfg.ac.encoder == "ema":
-            update_target(engine, self.target, self._momentum(step), source="encoder")
+            self.ema.update(engine, step)
 
     def state_dict(self) -> dict:
-        return {"target": self.target.state_dict()}
+        return self.ema.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.target.load_state_dict(state["target"])
+        self.ema.load_state_dict(state)
 
     def export(self, directory: Path, module_state: dict[str, torch.Tensor]) -> None:
         c, p = self.cfg, self.parent.manifest
-        predictor = {k[len("predictor."):]: v for k, v in module_state.items() if k.startswith("predictor.")}
+        predictor = submodule_state(module_state, "predictor")
         write_artifact(directory, kind="vjepa-ac", model_config=self.parent.model_config,
                        frames=self.parent.model_config.tubelet_size, crop=p["geometry"]["crop"],
                        weights={"encoder": self.target.encoder.state_dict(), "predictor": predictor},
@@ -142,10 +136,10 @@ class ACTask:
         ``position``; under Ray Train this worker's split of the driver's dataset, passed over again."""
         import ray
 
-        from vwm.data.pipeline import clip_batches, local_batches, skip_ledger
+        from vwm.data.pipeline import clip_batches, local_batches, run_ledger
 
         c = self.cfg
-        ledger = skip_ledger(ledger_name(self.run_name))
+        ledger = run_ledger(self.run_name)
         if shard is None:
             from vwm.raycluster import connect
 
@@ -159,7 +153,7 @@ class ACTask:
 
     @staticmethod
     def dataset(cfg: PosttrainConfig, run_name: str, position):
-        from vwm.data.pipeline import build_trajectory_dataset, covering_epochs, skip_ledger
+        from vwm.data.pipeline import build_trajectory_dataset, covering_epochs, run_ledger
         from vwm.data.shards import list_sources
 
         epoch, order = position or (0, 0)
@@ -167,7 +161,7 @@ class ACTask:
         epochs = cfg.dist.dataset_epochs or covering_epochs(
             windows, len(list_sources(cfg.data.paths, cfg.data.endpoint_url)), cfg.data.windows_per_episode)
         return build_trajectory_dataset(cfg.data, seed=cfg.train.seed, epochs=range(epoch, epoch + epochs),
-                                        ledger=skip_ledger(ledger_name(run_name)), start_order=order)
+                                        ledger=run_ledger(run_name), start_order=order)
 
     # ---------------------------------------------------------------------------------------- hooks
     def hooks(self) -> list[Hook]:
@@ -185,7 +179,7 @@ class ACTask:
         return {"repr/std": feature_std(rows_ND), "repr/rankme": rankme(rows_ND)}
 
     def _checksum(self, info: StepInfo) -> None:
-        assert_identical_across_ranks(self.target, info.done, info.engine, source="encoder")
+        self.ema.check_replicas(info.done, info.engine)
 
     @torch.no_grad()
     def _evaluate(self, info: StepInfo) -> dict[str, float]:

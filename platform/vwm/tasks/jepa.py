@@ -24,8 +24,7 @@ from vwm.models.jepa import build_models, target_features
 from vwm.models.predictor import gather_tokens
 from vwm.models.preprocess import normalize_clips
 from vwm.models.vit import token_grid
-from vwm.train.ema import assert_identical_across_ranks, broadcast_from_rank0, update_target
-from vwm.train.schedules import ema_at
+from vwm.train.ema import EMATarget, submodule_state
 from vwm.train.trainer import Hook, StepInfo
 
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out RankMe clips: synthetic videos under a seed training never samples
@@ -47,10 +46,6 @@ def synthetic_batches(cfg: PretrainConfig, collate: MaskCollator, start_micro: i
     return (collate(source.batch(step, rank=rank)) for step in itertools.count(start_micro))
 
 
-def ledger_name(run_name: str) -> str:
-    return f"skips-{run_name}"
-
-
 class JepaTask:
     kind = "jepa"
     config_cls = PretrainConfig
@@ -65,9 +60,9 @@ class JepaTask:
     # ---------------------------------------------------------------------------------------- model
     def build(self) -> torch.nn.Module:
         c = self.cfg
-        jepa, self.target = build_models(c.model, c.data.frames, c.data.crop, len(c.mask.sets))
-        self.target.to(self.device)
-        broadcast_from_rank0(self.target)  # every rank's target starts as rank 0's
+        jepa, target = build_models(c.model, c.data.frames, c.data.crop, len(c.mask.sets))
+        self.ema = EMATarget(target.to(self.device), "encoder", c.optim, c.train.steps)
+        self.target = self.ema.module
         return jepa
 
     def loss(self, engine, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -76,23 +71,20 @@ class JepaTask:
         target_BND = target_features(self.target, clips_BCTHW)
         preds = engine(clips_BCTHW, masks)
         self.last_target_BND = target_BND
-        return jepa_loss(preds, target_BND, masks), {"train/ema_momentum": self._momentum(step)}
-
-    def _momentum(self, step: int) -> float:
-        return ema_at(step, self.cfg.optim.ema, self.cfg.train.steps, self.cfg.optim.schedule_scale)
+        return jepa_loss(preds, target_BND, masks), {"train/ema_momentum": self.ema.momentum(step)}
 
     def after_step(self, engine, step: int) -> None:
-        update_target(engine, self.target, self._momentum(step), source="encoder")
+        self.ema.update(engine, step)
 
     def state_dict(self) -> dict:
-        return {"target": self.target.state_dict()}
+        return self.ema.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.target.load_state_dict(state["target"])
+        self.ema.load_state_dict(state)
 
     def export(self, directory: Path, module_state: dict[str, torch.Tensor]) -> None:
         c = self.cfg
-        predictor = {k[len("predictor."):]: v for k, v in module_state.items() if k.startswith("predictor.")}
+        predictor = submodule_state(module_state, "predictor")
         write_artifact(directory, kind="vjepa", model_config=c.model, frames=c.data.frames, crop=c.data.crop,
                        weights={"encoder": self.target.state_dict(), "predictor": predictor},
                        extras={"num_mask_sets": len(c.mask.sets)}, git_commit=self.provenance.get("git_commit"))
@@ -109,16 +101,16 @@ class JepaTask:
             return synthetic_batches(c, collate, start_micro, self.rank), lambda: 0
         import ray
 
-        from vwm.data.pipeline import clip_batches, local_batches, skip_ledger
+        from vwm.data.pipeline import clip_batches, local_batches, run_ledger
 
         if shard is None:
             from vwm.raycluster import connect
 
             connect()
-            ledger = skip_ledger(ledger_name(self.run_name))
+        ledger = run_ledger(self.run_name)
+        if shard is None:
             stream = iter(local_batches(c.data, collate, seed=c.train.seed, ledger=ledger, position=position))
         else:
-            ledger = skip_ledger(ledger_name(self.run_name))
             stream = (b for p in itertools.count()
                       for b in clip_batches(shard, collate, c.data, seed=c.train.seed, rank=self.rank, pass_index=p))
         return stream, lambda: ray.get(ledger.count.remote())
@@ -129,13 +121,13 @@ class JepaTask:
         ``position`` (epoch, file order) when resuming."""
         if cfg.data.source == "synthetic":
             return None
-        from vwm.data.pipeline import build_dataset, skip_ledger
+        from vwm.data.pipeline import build_dataset, run_ledger
         from vwm.data.shards import list_sources
 
         sources = len(list_sources(cfg.data.paths, cfg.data.endpoint_url))
         epoch, order = position or (0, 0)
         return build_dataset(cfg.data, seed=cfg.train.seed, epochs=range(epoch, epoch + dataset_epochs(cfg, sources)),
-                             ledger=skip_ledger(ledger_name(run_name)), start_order=order)
+                             ledger=run_ledger(run_name), start_order=order)
 
     # ---------------------------------------------------------------------------------------- hooks
     def hooks(self) -> list[Hook]:
@@ -158,7 +150,7 @@ class JepaTask:
         return {"repr/std": feature_std(rows_ND), "repr/rankme": rankme(rows_ND)}
 
     def _checksum(self, info: StepInfo) -> None:
-        assert_identical_across_ranks(self.target, info.done, info.engine, source="encoder")
+        self.ema.check_replicas(info.done, info.engine)
 
     def _evaluate(self, info: StepInfo) -> dict[str, float]:
         metrics = heldout_rankme(self.target, self._heldout, self.device)  # identical targets: same on every rank

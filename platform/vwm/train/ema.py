@@ -75,3 +75,36 @@ def assert_identical_across_ranks(target: nn.Module, step: int, engine=None, sou
             f" (online encoders {'agree' if online_same else 'differ too: ' + str([v[2:].tolist() for v in values])});"
             " stopping instead of training on diverged targets")
     return local
+
+
+class EMATarget:
+    """A task's EMA target: a frozen module that follows the engine's ``source`` submodule by a moving average
+    whose momentum is a function of the step (``optim.ema``, laid out like the other schedules). Broadcast from
+    rank 0 at the start, so every rank's copy starts equal and stays equal."""
+
+    def __init__(self, module: nn.Module, source: str, optim, run_steps: int):
+        self.module, self.source, self.optim, self.run_steps = module, source, optim, run_steps
+        self.module.requires_grad_(False)
+        broadcast_from_rank0(self.module)
+
+    def momentum(self, step: int) -> float:
+        from vwm.train.schedules import ema_at
+
+        return ema_at(step, self.optim.ema, self.run_steps, self.optim.schedule_scale)
+
+    def update(self, engine, step: int) -> None:
+        update_target(engine, self.module, self.momentum(step), self.source)
+
+    def check_replicas(self, step: int, engine) -> None:
+        assert_identical_across_ranks(self.module, step, engine, self.source)
+
+    def state_dict(self) -> dict:
+        return {"target": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["target"])
+
+
+def submodule_state(module_state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of one submodule (``predictor.``) of an engine's full state, without the prefix."""
+    return {k[len(prefix) + 1:]: v for k, v in module_state.items() if k.startswith(prefix + ".")}
