@@ -67,12 +67,12 @@ class Task(Protocol):
 
     samples_per_batch: int
 
-    def build(self) -> nn.Module: ...  # the trainable module (the engine's); frozen/EMA parts stay in the task
+    def build(self) -> nn.Module: ...  # the trainable module (the engine's); frozen parts stay in the task
     def batches(self, start_micro: int, position, shard) -> tuple[Iterator, Callable[[], int]]: ...
     def loss(self, engine, batch, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
-    def after_step(self, engine, step: int) -> None: ...  # after each applied update, e.g. the EMA
+    def after_step(self, engine, step: int) -> None: ...  # after each applied update, e.g. a moving average
     def hooks(self) -> list[Hook]: ...
-    def state_dict(self) -> dict[str, Any]: ...  # what the engine does not own (EMA target, ...)
+    def state_dict(self) -> dict[str, Any]: ...  # what the engine does not own (a moving-average copy, ...)
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def export(self, directory: Path, module_state: dict[str, torch.Tensor]) -> None: ...  # the artifact
 
