@@ -115,3 +115,19 @@ def test_posttrain_config_errors_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key ac.encodr_uri"):
         load_config(path, ["ac.encodr_uri=x"], PosttrainConfig)
     assert with_overrides(cfg, {"ac.pool": 1}).ac.pool == 1
+
+
+def test_ema_encoder_is_trained_end_to_end_against_its_moving_average(encoder_and_data):
+    import vwm
+    from vwm.tasks.ac import run_posttrain
+
+    root, encoder = encoder_and_data
+    cfg = _cfg(root, encoder, "ema", "ac.encoder=ema", "train.steps=3", "train.checkpoint_every=3",
+               "optim.ema.start=0.5", "optim.ema.end=0.5")
+    result = run_posttrain(cfg, local=True, progress=False)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/ema_momentum"] for r in rows if "train/ema_momentum" in r] == [0.5] * 3
+    parent = vwm.load_world_model(encoder).encoder.state_dict()
+    trained = vwm.load_world_model(Path(result.checkpoint_path) / "world_model").encoder.encoder.state_dict()
+    moved = [k for k in parent if not torch.equal(parent[k], trained[k])]
+    assert moved, "the exported (EMA) encoder should have followed the trained online encoder"
