@@ -37,6 +37,8 @@ def test_run_writes_resolved_config_metrics_and_checkpoint(tmp_path):
     rows = [json.loads(line) for line in (s.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"train/loss", "train/lr", "train/ema_momentum", "repr/std", "repr/rankme"} <= set(rows[0])
     assert [p.name for p in ckpt.list_checkpoints(s.run_dir / "checkpoints")] == ["step_00000006"]
+    summary = json.loads((s.run_dir / "summary.json").read_text())
+    assert summary["step"] == 6 and summary["train/loss"] == pytest.approx(s.losses[-1])
     assert not list((s.run_dir / "checkpoints").glob(".tmp-*"))
     # the final checkpoint carries the world-model artifact, which loads on its own
     import vwm

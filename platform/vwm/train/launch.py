@@ -121,6 +121,7 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
         else:
             result = _fit_ray(run, task_cls, resume=resume, stop_at=stop_at, callbacks=callbacks,
                               init_from=init_from)
+        run.tracker.log_summary({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
         status = "FINISHED"
     except BaseException as e:
         run.tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
