@@ -105,6 +105,9 @@ def test_latent_cost_l1_l2_and_action_penalty():
     a_BHA = torch.ones(2, 3, 6)
     assert latent_cost(z_BHND, goal_1ND, a_BHA).tolist() == [2.0, 2.0]
     assert latent_cost(z_BHND, goal_1ND, a_BHA, "l2", action_penalty=0.5).tolist() == [4.5, 4.5]
+    z_BHND[:, :2] = 2.0  # reaching the goal early counts only when every step is scored
+    assert latent_cost(z_BHND, goal_1ND, a_BHA, steps="all").tolist() == pytest.approx([2 / 3, 2 / 3])
+    assert latent_cost(z_BHND, goal_1ND, a_BHA, steps="last").tolist() == [2.0, 2.0]
 
 
 # ------------------------------------------------------------------------------------ learned model

@@ -267,6 +267,8 @@ class PlanConfig(_Strict):
     budget: int = Field(50, ge=1, description="env steps per episode")
     cost: Literal["l1", "l2"] = Field("l1", description="distance of the predicted final features to the goal's")
     action_penalty: float = Field(0.0, ge=0, description="weight of the mean squared action in the cost")
+    cost_steps: Literal["last", "all"] = Field("last", description="score the final predicted step, or the mean "
+                                                                  "over every step of the horizon (arrive early)")
     stop_on_success: bool = Field(True, description="end the episode at the first success; false: spend "
                                                     "the whole budget, so success at the last step means holding")
     seed: int = 0

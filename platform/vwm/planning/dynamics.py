@@ -36,11 +36,14 @@ class Dynamics(Protocol):
 
 
 def latent_cost(z_BHND: torch.Tensor, goal_1ND: torch.Tensor, actions_BHA: torch.Tensor,
-                kind: Literal["l1", "l2"] = "l1", action_penalty: float = 0.0) -> torch.Tensor:
-    """Mean L1 (or mean squared) distance of the final predicted features to the goal's, plus
-    ``action_penalty`` x mean squared action (a preference for short moves among equally good plans)."""
-    diff_BND = z_BHND[:, -1] - goal_1ND
-    dist_B = diff_BND.abs().mean((1, 2)) if kind == "l1" else diff_BND.pow(2).mean((1, 2))
+                kind: Literal["l1", "l2"] = "l1", action_penalty: float = 0.0,
+                steps: Literal["last", "all"] = "last") -> torch.Tensor:
+    """Mean L1 (or mean squared) distance of the final predicted features to the goal's (``steps="all"``:
+    averaged over every step of the horizon, which rewards arriving early), plus ``action_penalty`` x mean
+    squared action (a preference for short moves among equally good plans)."""
+    z_BKND = z_BHND[:, -1:] if steps == "last" else z_BHND
+    diff_BKND = z_BKND - goal_1ND[:, None]
+    dist_B = diff_BKND.abs().mean((1, 2, 3)) if kind == "l1" else diff_BKND.pow(2).mean((1, 2, 3))
     if action_penalty:
         dist_B = dist_B + action_penalty * actions_BHA.pow(2).mean((1, 2))
     return dist_B
@@ -49,10 +52,12 @@ def latent_cost(z_BHND: torch.Tensor, goal_1ND: torch.Tensor, actions_BHA: torch
 class LearnedDynamics:
     """A ``vjepa-ac`` world model (``vwm.models.ac_world_model.ACWorldModel``) as planning dynamics."""
 
-    def __init__(self, model, cost: Literal["l1", "l2"] = "l1", action_penalty: float = 0.0):
+    def __init__(self, model, cost: Literal["l1", "l2"] = "l1", action_penalty: float = 0.0,
+                 cost_steps: Literal["last", "all"] = "last"):
         if cost not in ("l1", "l2"):
             raise ValueError(f"cost={cost!r}; allowed: l1, l2")
         self.model, self.cost_kind, self.action_penalty = model, cost, float(action_penalty)
+        self.cost_steps = cost_steps
         self.frameskip = int(model.manifest["frameskip"])
         self.action_dim = int(model.action_dim)
 
@@ -68,15 +73,17 @@ class LearnedDynamics:
         return self.model.rollout(z0_1ND, actions_BHA.to(self.device), state0_1S)
 
     def cost(self, z_BHND: torch.Tensor, goal_1ND: torch.Tensor, actions_BHA: torch.Tensor) -> torch.Tensor:
-        return latent_cost(z_BHND, goal_1ND, actions_BHA.to(z_BHND.device), self.cost_kind, self.action_penalty)
+        return latent_cost(z_BHND, goal_1ND, actions_BHA.to(z_BHND.device), self.cost_kind, self.action_penalty,
+                           self.cost_steps)
 
 
 class SimulatorDynamics:
     """The true env as planning dynamics (oracle CEM). ``env`` is the adapter's own instance, never the one
     being acted in: rollouts move it freely. ``obs_type="state"`` spares rendering every imagined step."""
 
-    def __init__(self, env, frameskip: int, action_penalty: float = 0.0):
+    def __init__(self, env, frameskip: int, action_penalty: float = 0.0, cost_steps: Literal["last", "all"] = "last"):
         self.env, self.frameskip, self.action_penalty = env, int(frameskip), float(action_penalty)
+        self.cost_steps = cost_steps
         self.env_action_dim = int(env.action_space.shape[0])
         self.action_dim = self.env_action_dim * self.frameskip
         env.reset(seed=0)
@@ -104,7 +111,8 @@ class SimulatorDynamics:
         return z_BHS, z_BHS
 
     def cost(self, z_BHS: torch.Tensor, goal_1S: torch.Tensor, actions_BHA: torch.Tensor) -> torch.Tensor:
-        dist_B = (z_BHS[:, -1] - goal_1S).norm(dim=-1)
+        z_BKS = z_BHS[:, -1:] if self.cost_steps == "last" else z_BHS
+        dist_B = (z_BKS - goal_1S[:, None]).norm(dim=-1).mean(1)
         if self.action_penalty:
             dist_B = dist_B + self.action_penalty * actions_BHA.double().pow(2).mean((1, 2))
         return dist_B
