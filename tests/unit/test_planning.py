@@ -226,11 +226,13 @@ def test_random_actions_rarely_solve_what_the_oracle_solves(held_out):
     assert sum(r.success for r in records) <= 2
 
 
-def test_mpc_rejects_a_block_that_is_not_the_models_frameskip(held_out):
+def test_mpc_rejects_a_block_or_horizon_the_model_cannot_take(held_out):
     env = make_env("two_rooms", image_size=IMAGE)
     [episode] = load_episodes(EpisodesConfig(paths=[held_out], count=1), env)
     with pytest.raises(ValueError, match="plan.action_block=4"):
         run_episode(env, LearnedDynamics(tiny_world_model()), episode, PlanConfig(action_block=4))
+    with pytest.raises(ValueError, match="plan.horizon=9 exceeds"):
+        run_episode(env, LearnedDynamics(tiny_world_model()), episode, PlanConfig(horizon=9))
 
 
 def test_plan_config_defaults_are_the_protocol_and_errors_name_the_key():

@@ -60,6 +60,8 @@ class LearnedDynamics:
         self.cost_steps = cost_steps
         self.frameskip = int(model.manifest["frameskip"])
         self.action_dim = int(model.action_dim)
+        # a rollout of H steps feeds H frames to the predictor, which was built for max_frames of them
+        self.max_horizon = int(model.predictor.max_frames)
 
     @property
     def device(self) -> torch.device:

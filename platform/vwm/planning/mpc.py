@@ -58,6 +58,10 @@ def check_dynamics(cfg: PlanConfig, dynamics: Dynamics, env) -> None:
     if dynamics.frameskip != cfg.action_block:
         raise ValueError(f"plan.action_block={cfg.action_block} but the dynamics step {dynamics.frameskip} env "
                          "actions per model step (the model's frameskip); set plan.action_block to match")
+    max_horizon = getattr(dynamics, "max_horizon", None)
+    if max_horizon is not None and cfg.horizon > max_horizon:
+        raise ValueError(f"plan.horizon={cfg.horizon} exceeds what the model's predictor takes ({max_horizon} "
+                         "frames, its post-training data.frames); lower plan.horizon or post-train with more frames")
     if dynamics.action_dim != env_action_dim * dynamics.frameskip:
         raise ValueError(f"the dynamics take {dynamics.action_dim} numbers per model step; the env has "
                          f"{env_action_dim}-dim actions x frameskip {dynamics.frameskip}")
