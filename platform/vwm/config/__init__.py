@@ -2,7 +2,7 @@
 
 ``core``: the sections every training job shares (``TrainerConfig``: optim, train, dist, tracking), the
 pretraining job's config and the benchmarks'; ``world``: environments, trajectory collection and windows,
-and action-conditioned post-training. Everything is importable from ``vwm.config``.
+action-conditioned post-training, and planning. Everything is importable from ``vwm.config``.
 """
 
 from vwm.config.core import (  # noqa: F401
@@ -14,5 +14,5 @@ from vwm.config.core import (  # noqa: F401
 from vwm.config.world import (  # noqa: F401
     TwoRoomsConfig, PushTConfig, EnvConfig, RandomWalkConfig, ExpertConfig, PolicyConfig, CollectConfig,
     TrajectoryConfig, BenchCollectConfig, ACPredictorConfig, ACLossWeights, ACConfig, ACMonitorConfig,
-    PosttrainConfig, BenchPosttrainConfig,
+    PosttrainConfig, BenchPosttrainConfig, CEMConfig, GradientConfig, PlanConfig, EpisodesConfig,
 )

@@ -219,3 +219,65 @@ class BenchPosttrainConfig(_Strict):
     episodes: int = Field(300, ge=10, description="TwoRooms episodes collected for the learning run")
     pretrain_steps: int = Field(60, ge=1, description="debug pretraining steps of the encoder")
     report: str | None = Field("docs/performance.md", description="markdown file whose table is replaced")
+
+
+# ------------------------------------------------------------------------------------------ planning
+class CEMConfig(_Strict):
+    """The cross-entropy method over action sequences (V-JEPA 2's ``mpc_utils.cem``): each iteration draws
+    ``samples`` sequences from a Gaussian, keeps the ``topk`` cheapest, and moves mean and std toward theirs."""
+
+    samples: int = Field(300, ge=2, description="candidate action sequences per iteration")
+    iterations: int = Field(30, ge=1)
+    topk: int = Field(30, ge=1, description="elites whose mean and std update the distribution")
+    momentum_mean: float = Field(0.25, ge=0, lt=1, description="weight of the previous mean in the update")
+    momentum_std: float = Field(0.95, ge=0, lt=1, description="weight of the previous std in the update")
+    init_std: float = Field(1.0, gt=0, description="initial std of every action dimension (actions in [-1, 1])")
+
+    @model_validator(mode="after")
+    def _elites(self) -> CEMConfig:
+        if self.topk > self.samples:
+            raise ValueError(f"plan.cem.topk={self.topk} exceeds plan.cem.samples={self.samples}")
+        return self
+
+
+class GradientConfig(_Strict):
+    """Adam on the action sequence through the differentiable rollout."""
+
+    steps: int = Field(100, ge=1, description="Adam steps per plan")
+    lr: float = Field(0.1, gt=0)
+    init: Literal["zero", "cem"] = Field("zero", description="start from zero actions, or from CEM's mean "
+                                                            "(plan.cem settings)")
+    restarts: int = Field(1, ge=1, description="sequences optimised side by side in one batch; the cheapest "
+                                               "is kept (the first starts from init, the others at random)")
+
+
+class PlanConfig(_Strict):
+    """One planner under the MPC protocol: plan ``horizon`` model steps, execute the first (``action_block``
+    env actions), re-plan, until success or ``budget`` env steps."""
+
+    planner: Literal["cem", "gradient", "random", "oracle-cem"] = Field(
+        "cem", description="oracle-cem: CEM on the true simulator (the upper bound)")
+    horizon: int = Field(5, ge=1, description="model steps planned ahead")
+    action_block: int = Field(5, ge=1, description="env actions per model step (the model's frameskip)")
+    budget: int = Field(50, ge=1, description="env steps per episode")
+    cost: Literal["l1", "l2"] = Field("l1", description="distance of the predicted final features to the goal's")
+    action_penalty: float = Field(0.0, ge=0, description="weight of the mean squared action in the cost")
+    cost_steps: Literal["last", "all"] = Field("last", description="score the final predicted step, or the mean "
+                                                                  "over every step of the horizon (arrive early)")
+    stop_on_success: bool = Field(True, description="end the episode at the first success; false: spend "
+                                                    "the whole budget, so success at the last step means holding")
+    seed: int = 0
+    cem: CEMConfig = CEMConfig()
+    gradient: GradientConfig = GradientConfig()
+
+
+class EpisodesConfig(_Strict):
+    """Start and goal states from held-out trajectories, the goal ``goal_offset`` env steps after the start;
+    episode i depends only on (seed, i) and the shards, so every planner sees the same episodes."""
+
+    paths: list[str] = Field(default_factory=list, description="held-out trajectory shards (vwm data "
+                                                               "collect's held_out/)")
+    endpoint_url: str | None = None
+    count: int = Field(200, ge=1)
+    goal_offset: int = Field(25, ge=1, description="env steps from the start to the goal along the trajectory")
+    seed: int = 0
