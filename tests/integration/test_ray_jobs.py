@@ -46,7 +46,7 @@ def test_ray_job_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path,
             cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in (job.stdout + job.stderr).lower()
-        assert "registered models:/vwm-jepa@latest" in job.stdout
+        assert "registered models:/vwm-jepa/1 (alias candidate)" in job.stdout
         client = MlflowClient(mlflow_uri)
         runs = client.search_runs([client.get_experiment_by_name("ray-jobs").experiment_id])
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
