@@ -100,6 +100,30 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_and_describe(cfg) -> int:
+    """Plan with a world model against the baselines (``vwm evaluate`` and ``jobs/evaluate.py``); a model
+    that cannot plan, or a protocol it cannot take, exits 2 before any actor starts."""
+    from vwm.data.shards import DataSourceError
+    from vwm.eval.planning import EvalError, describe_rows, run_evaluation
+    from vwm.planning.episodes import EpisodeError
+    from vwm.tracking.tracker import describe
+
+    try:
+        result = run_evaluation(cfg)
+    except (EvalError, EpisodeError, DataSourceError, FileNotFoundError) as e:
+        print(f"vwm: {e}", file=sys.stderr)
+        return 2
+    print(describe_rows(result.rows))
+    print("\n".join([f"model: {result.model_uri}", f"run folder: {result.run_dir}", *describe(result.tracker)]))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from vwm.config import EvalConfig
+
+    return evaluate_and_describe(load_or_exit(args, EvalConfig))
+
+
 def _config_show(args: argparse.Namespace) -> int:
     from vwm.configfile import to_yaml
 
@@ -177,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("posttrain", help="action-conditioned post-training (V-JEPA 2-AC) on trajectory shards")
     add_training_args(p)
     p.set_defaults(func=_posttrain)
+    p = sub.add_parser("evaluate", help="plan toward held-out goals with a post-trained world model on Ray actors, "
+                                        "beside random actions and CEM on the true simulator")
+    p.add_argument("what", nargs="?", choices=["plan"], default="plan", help="what to evaluate (default: plan)")
+    add_config_args(p)
+    p.set_defaults(func=_evaluate)
     p = sub.add_parser("sweep", help="Ray Tune sweep over a pretrain config (every trial a TorchTrainer run)")
     add_config_args(p)
     p.set_defaults(func=_sweep)

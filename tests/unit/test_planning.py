@@ -8,19 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from vwm.config import CEMConfig, CollectConfig, EnvConfig, EpisodesConfig, GradientConfig, ModelConfig, PlanConfig, \
-    PolicyConfig
-from vwm.data.collect import episode_meta, rollout as collect_rollout
-from vwm.data.shards import write_shard
-from vwm.data.trajectories import episode_sample
+from vwm.config import CEMConfig, EpisodesConfig, GradientConfig, PlanConfig
 from vwm.envs import make_env
-from vwm.models.ac_predictor import ACPredictor
-from vwm.models.ac_world_model import ACWorldModel, FrameEncoder
+from vwm.models.ac_world_model import ACWorldModel
 from vwm.planning.cem import cem, keyed_generator
 from vwm.planning.dynamics import LearnedDynamics, SimulatorDynamics, latent_cost
 from vwm.planning.episodes import EpisodeError, draw_episodes, load_episodes, load_trajectory_states
 from vwm.planning.gradient import gradient_plan, random_plan
 from vwm.planning.mpc import run_episode
+from tests.conftest import tiny_ac_parts, write_held_out
 
 IMAGE = 32
 
@@ -112,16 +108,8 @@ def test_latent_cost_l1_l2_and_action_penalty():
 
 # ------------------------------------------------------------------------------------ learned model
 def tiny_world_model(frameskip: int = 5) -> ACWorldModel:
-    torch.manual_seed(0)
-    cfg = ModelConfig(preset="debug", dim=32, depth=1, heads=2, patch_size=8)
-    encoder = FrameEncoder(cfg, IMAGE, 2, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-    predictor = ACPredictor(enc_dim=32, dim=32, depth=1, heads=2, mlp_ratio=2.0, grid_hw=(2, 2), max_frames=8,
-                            action_dim=2 * frameskip, state_dim=2, pos_embed=cfg.pos_embed, residual=False)
-    manifest = {"kind": "vjepa-ac", "action_dim": 2 * frameskip, "state_dim": 2, "frameskip": frameskip,
-                "env_action_dim": 2, "normalisation": {"action_mean": [0.0] * 2 * frameskip,
-                                                       "action_std": [1.0] * 2 * frameskip,
-                                                       "state_mean": [32.0, 32.0], "state_std": [16.0, 16.0]}}
-    return ACWorldModel(manifest, encoder, predictor)
+    _, encoder, predictor, fields = tiny_ac_parts(IMAGE, frameskip)
+    return ACWorldModel({"kind": "vjepa-ac", **fields}, encoder, predictor)
 
 
 class CountingModel:
@@ -167,19 +155,7 @@ def test_gradient_planning_through_the_learned_rollout_lowers_its_cost():
 # ------------------------------------------------------------------------------ episodes and oracle
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
-    """A held-out shard of TwoRooms trajectories, half random walks, half the door-crossing expert (as the
-    collection's default)."""
-    cfg = CollectConfig(env=EnvConfig(name="two_rooms", image_size=IMAGE), policy=PolicyConfig(expert_fraction=0.5),
-                        episodes=6, steps=60, seed=3)
-    env = make_env("two_rooms", obs_type="pixels", **cfg.env.kwargs())
-    samples = []
-    for i in range(cfg.episodes):
-        frames, actions, states, kind = collect_rollout(env, cfg, i)
-        samples.append(episode_sample(f"ep-{i:07d}", frames, actions, states,
-                                      episode_meta(cfg, env, i, "held_out", kind), fps=cfg.fps, crf=cfg.crf))
-    path = tmp_path_factory.mktemp("held_out") / "shard-00000.tar"
-    write_shard(str(path), samples)
-    return str(path.parent)
+    return write_held_out(tmp_path_factory.mktemp("held_out"), episodes=6, steps=60, seed=3, image=IMAGE)
 
 
 def test_episodes_are_a_function_of_seed_and_index(held_out):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from vwm.config.core import TrainerConfig, _Strict, one_path
+from vwm.config.core import TrackingConfig, TrainerConfig, _Strict, one_path
 
 
 # ------------------------------------------------------------------ environments and trajectory data
@@ -257,6 +257,8 @@ class PlanConfig(_Strict):
 
     planner: Literal["cem", "gradient", "random", "oracle-cem"] = Field(
         "cem", description="oracle-cem: CEM on the true simulator (the upper bound)")
+    label: str | None = Field(None, description="name of this planner's child run and rows (default: planner); "
+                                                "tells apart two variants of one planner")
     horizon: int = Field(5, ge=1, description="model steps planned ahead")
     action_block: int = Field(5, ge=1, description="env actions per model step (the model's frameskip)")
     budget: int = Field(50, ge=1, description="env steps per episode")
@@ -281,3 +283,46 @@ class EpisodesConfig(_Strict):
     count: int = Field(200, ge=1)
     goal_offset: int = Field(25, ge=1, description="env steps from the start to the goal along the trajectory")
     seed: int = 0
+
+
+class ActorsConfig(_Strict):
+    """The evaluator's planner actors: each loads the model once and plays its share of the episodes."""
+
+    num_actors: int = Field(2, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0, description="also the actor's torch threads (rounded, at least 1)")
+    gpus_per_actor: float = Field(0.0, ge=0, description="a fraction shares a GPU between actors; > 0 plans on CUDA")
+    episodes_per_task: int = Field(2, ge=1, description="episodes per actor call: small keeps actors evenly busy")
+
+
+class EvalConfig(_Strict):
+    """``vwm evaluate``: plan toward held-out goals with a post-trained world model, beside the baselines, on
+    a pool of Ray actors; the driver alone logs (one parent run, a child run per env and planner)."""
+
+    name: str = Field("plan_eval", description="prefix of the parent run's name (NAME-YYYYmmdd-HHMMSS)")
+    model_uri: str = Field(description="a vjepa-ac world model: models:/vwm-ac@ALIAS, runs:/ID/world_model or a "
+                                       "folder (vwm posttrain registers one)")
+    episodes: EpisodesConfig = EpisodesConfig()
+    planners: list[PlanConfig] = Field(default_factory=lambda: [PlanConfig()], min_length=1,
+                                       description="planners through the learned model (cem, gradient)")
+    baselines: bool = Field(True, description="add random actions and CEM on the true simulator, with the first "
+                                              "planner's protocol, on the same episodes")
+    videos: int = Field(3, ge=0, description="episodes per planner logged as mp4 (observation beside goal)")
+    output_dir: str = Field("outputs/eval", description="local folder of the run's table, videos and plot")
+    actors: ActorsConfig = ActorsConfig()
+    tracking: TrackingConfig = TrackingConfig(experiment="vwm-eval", register_as=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tracking_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # an evaluation registers nothing and has its own experiment unless told
+            tracking = data.get("tracking") if isinstance(data.get("tracking"), dict) else {}
+            data = {**data, "tracking": {"experiment": "vwm-eval", "register_as": None, **tracking}}
+        return data
+
+    @model_validator(mode="after")
+    def _labels(self) -> EvalConfig:
+        labels = [p.label or p.planner for p in self.planners]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"planners share a label ({', '.join(labels)}): give each variant its own plan label")
+        return self
+

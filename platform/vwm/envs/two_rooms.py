@@ -173,6 +173,35 @@ class TwoRoomsEnv(gym.Env):
             new[face[0]] = face[1]
         return new
 
+    def step_states(self, states_BS: np.ndarray, actions_BA: np.ndarray) -> np.ndarray:
+        """``step`` of B agents at once, from states to states (no rendering): what a planner on the true
+        simulator rolls its candidates through. Same arithmetic as ``move``, so the same result."""
+        p_B2 = np.asarray(states_BS, dtype=np.float64)
+        d_B2 = np.clip(np.asarray(actions_BA, dtype=np.float64), -1.0, 1.0) * self.action_scale
+        r, a = self.agent_radius, self.arena
+        B = len(p_B2)
+        t_stop = np.ones(B)
+        face_axis, face_value = np.full(B, -1), np.zeros(B)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for axis in (0, 1):  # leaving the arena
+                p, d = p_B2[:, axis], d_B2[:, axis]
+                hi, lo = (d > 0) & (p + d > a - r), (d < 0) & (p + d < r)
+                t = np.where(hi, (a - r - p) / d, np.where(lo, (r - p) / d, np.inf))
+                take = (hi | lo) & (t < t_stop)
+                t_stop = np.where(take, t, t_stop)
+                face_axis = np.where(take, axis, face_axis)
+                face_value = np.where(take, np.where(hi, a - r, r), face_value)
+            for box in self._blocked:  # entering a wall
+                t_in, axis, value, hit = _entry_batch(p_B2, d_B2, box)
+                take = hit & (t_in <= t_stop)
+                t_stop = np.where(take, t_in, t_stop)
+                face_axis = np.where(take, axis, face_axis)
+                face_value = np.where(take, value, face_value)
+        new_B2 = p_B2 + d_B2 * t_stop[:, None]
+        for axis in (0, 1):
+            new_B2[:, axis] = np.where(face_axis == axis, face_value, new_B2[:, axis])
+        return new_B2
+
     # ---------------------------------------------------------------------------------- rendering
     def _draw_background(self) -> np.ndarray:
         n, s = self.image_size, self._scale
@@ -227,3 +256,27 @@ def _entry(px, py, dx, dy, x0, y0, x1, y1):
     if face is None:  # starts inside: cannot happen from a free state; stay put
         return 0.0, (0, px)
     return t_in, face
+
+
+def _entry_batch(p_B2: np.ndarray, d_B2: np.ndarray, box) -> tuple[np.ndarray, ...]:
+    """``_entry`` for B segments at once: (t_in, face axis, face value, entered)."""
+    B = len(p_B2)
+    t_in, t_out = np.zeros(B), np.ones(B)
+    axis_out, value_out = np.full(B, -1), np.zeros(B)
+    missed = np.zeros(B, dtype=bool)
+    for axis, (lo, hi) in enumerate(((box[0], box[2]), (box[1], box[3]))):
+        p, d = p_B2[:, axis], d_B2[:, axis]
+        still = d == 0.0
+        missed |= still & ~((lo < p) & (p < hi))
+        ta, tb = (lo - p) / d, (hi - p) / d
+        near, far = np.where(d > 0, ta, tb), np.where(d > 0, tb, ta)
+        better = ~still & (near > t_in)
+        t_in = np.where(better, near, t_in)
+        axis_out = np.where(better, axis, axis_out)
+        value_out = np.where(better, np.where(d > 0, lo, hi), value_out)
+        t_out = np.where(still, t_out, np.minimum(t_out, far))
+    # no face: starts inside (impossible from a free state); the scalar version stays put on x
+    value_out = np.where(axis_out < 0, p_B2[:, 0], value_out)
+    axis_out = np.where(axis_out < 0, 0, axis_out)
+    return t_in, axis_out, value_out, ~missed & (t_in < t_out)
+

@@ -9,7 +9,7 @@ frameskip``), in env units ([-1, 1]). Observations and goals are the env's ``pix
   candidates, differentiable in the actions; cost = L1 (or L2) between the predicted final features and
   the goal image's features.
 - ``SimulatorDynamics``: the true env through ``get_state`` / ``set_state`` (the oracle baseline); a
-  simulator steps one state at a time, so its candidates go through a loop; cost = Euclidean distance of
+  simulator without a batched ``step_states`` steps one candidate at a time; cost = Euclidean distance of
   the reached env state to the goal state (the quantity success thresholds, rather than pixels).
 """
 
@@ -103,7 +103,15 @@ class SimulatorDynamics:
         start_S = z0_1S[0].numpy()
         actions_BHKa = actions_BHA.detach().cpu().double().numpy().reshape(B, H, self.frameskip, self.env_action_dim)
         states_BHS = np.empty((B, H, start_S.shape[0]))
-        for b in range(B):  # a simulator has no batch axis: one candidate at a time
+        if hasattr(self.env, "step_states"):  # a simulator that steps many states at once (TwoRooms)
+            s_BS = np.broadcast_to(start_S, (B, start_S.shape[0]))
+            for h in range(H):
+                for k in range(self.frameskip):
+                    s_BS = self.env.step_states(s_BS, actions_BHKa[:, h, k])
+                states_BHS[:, h] = s_BS
+            z_BHS = torch.from_numpy(states_BHS)
+            return z_BHS, z_BHS
+        for b in range(B):  # otherwise one candidate at a time
             self.env.set_state(start_S)
             for h in range(H):
                 for a in actions_BHKa[b, h]:

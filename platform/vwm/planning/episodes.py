@@ -7,6 +7,7 @@ the same episodes. Only the trajectories' npz arrays are read (no video decoding
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,19 +33,35 @@ class Episode:
     start_step: int  # env step of the start along that trajectory
 
 
-def load_trajectory_states(cfg: EpisodesConfig) -> list[tuple[str, np.ndarray]]:
-    """(key, states_NS) of every trajectory under ``cfg.paths``, in listing order."""
+def _held_out(cfg: EpisodesConfig):
+    """(key, states_NS, meta) of every trajectory under ``cfg.paths``, in listing order."""
     if not cfg.paths:
         raise EpisodeError("episodes.paths is empty: point it at held-out trajectory shards (vwm data collect's "
                            "held_out/)")
-    out = []
     for uri in list_sources(cfg.paths, cfg.endpoint_url):
         for sample in iter_samples(uri, cfg.endpoint_url):
             if isinstance(sample, Skip) or not is_trajectory(sample):
                 continue
-            _, states_NS, _ = read_arrays(sample)
-            out.append((sample.key, states_NS.astype(np.float64)))
-    return out
+            _, states_NS, meta = read_arrays(sample)
+            yield sample.key, states_NS.astype(np.float64), meta
+
+
+def load_trajectory_states(cfg: EpisodesConfig) -> list[tuple[str, np.ndarray]]:
+    """(key, states_NS) of every trajectory under ``cfg.paths``, in listing order."""
+    return [(key, states) for key, states, _ in _held_out(cfg)]
+
+
+def held_out_env(cfg: EpisodesConfig) -> tuple[str, dict]:
+    """(env name, constructor kwargs) the held-out trajectories were collected in: the env to plan in."""
+    envs = {(meta["env"], json.dumps(meta["env_kwargs"], sort_keys=True)) for _, _, meta in _held_out(cfg)}
+    if not envs:
+        raise EpisodeError(f"no trajectory episodes under episodes.paths={cfg.paths}; point it at held-out "
+                           "trajectory shards (vwm data collect's held_out/)")
+    if len(envs) > 1:
+        raise EpisodeError(f"episodes.paths={cfg.paths} mixes trajectories of {len(envs)} env settings "
+                           f"({', '.join(sorted(name for name, _ in envs))}); evaluate one env at a time")
+    name, kwargs = envs.pop()
+    return name, json.loads(kwargs)
 
 
 def draw_episodes(cfg: EpisodesConfig, trajectories: list[tuple[str, np.ndarray]], env=None,

@@ -53,18 +53,24 @@ def make_plan(cfg: PlanConfig, dynamics: Dynamics, z0, state0, goal, generator: 
     raise ValueError(f"unknown planner {cfg.planner!r}")
 
 
-def check_dynamics(cfg: PlanConfig, dynamics: Dynamics, env) -> None:
-    env_action_dim = int(env.action_space.shape[0])
-    if dynamics.frameskip != cfg.action_block:
-        raise ValueError(f"plan.action_block={cfg.action_block} but the dynamics step {dynamics.frameskip} env "
+def check_protocol(cfg: PlanConfig, *, frameskip: int, action_dim: int, env_action_dim: int,
+                   max_horizon: int | None = None) -> None:
+    """The plan's block and horizon against what the dynamics take (a model's manifest says it too, so an
+    evaluator checks before any actor loads the model)."""
+    if frameskip != cfg.action_block:
+        raise ValueError(f"plan.action_block={cfg.action_block} but the dynamics step {frameskip} env "
                          "actions per model step (the model's frameskip); set plan.action_block to match")
-    max_horizon = getattr(dynamics, "max_horizon", None)
     if max_horizon is not None and cfg.horizon > max_horizon:
         raise ValueError(f"plan.horizon={cfg.horizon} exceeds what the model's predictor takes ({max_horizon} "
                          "frames, its post-training data.frames); lower plan.horizon or post-train with more frames")
-    if dynamics.action_dim != env_action_dim * dynamics.frameskip:
-        raise ValueError(f"the dynamics take {dynamics.action_dim} numbers per model step; the env has "
-                         f"{env_action_dim}-dim actions x frameskip {dynamics.frameskip}")
+    if action_dim != env_action_dim * frameskip:
+        raise ValueError(f"the dynamics take {action_dim} numbers per model step; the env has "
+                         f"{env_action_dim}-dim actions x frameskip {frameskip}")
+
+
+def check_dynamics(cfg: PlanConfig, dynamics: Dynamics, env) -> None:
+    check_protocol(cfg, frameskip=dynamics.frameskip, action_dim=dynamics.action_dim,
+                   env_action_dim=int(env.action_space.shape[0]), max_horizon=getattr(dynamics, "max_horizon", None))
 
 
 def run_episode(env, dynamics: Dynamics, episode: Episode, cfg: PlanConfig, record_frames: bool = False,
@@ -98,7 +104,7 @@ def run_episode(env, dynamics: Dynamics, episode: Episode, cfg: PlanConfig, reco
                 break
     final = env.get_state()
     return EpisodeRecord(
-        index=episode.index, planner=cfg.planner, success=success_any, success_last=success_now,
+        index=episode.index, planner=cfg.label or cfg.planner, success=success_any, success_last=success_now,
         final_distance=float(np.linalg.norm(np.asarray(final, dtype=np.float64) - episode.goal_state)),
         steps=steps, plans=plans, s_per_plan=plan_seconds / max(plans, 1),
         seconds=time.perf_counter() - t_episode,

@@ -200,29 +200,47 @@ class MLflowRegistry:
         return download_artifacts(uri, self.uri)
 
 
-def download_artifacts(uri: str, tracking_uri: str | None = None) -> Path:
+def _model_version(client: MlflowClient, uri: str, tracking: str):
+    """The registered version a ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``models:/NAME@latest`` names."""
+    ref = uri[len("models:/"):]
+    name, sep, alias = ref.partition("@")
+    if not sep:
+        name, _, alias = ref.partition("/")
+    if alias.lower() == "latest":
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise FileNotFoundError(f"{uri}: no registered model {name!r} at {tracking}")
+        return max(versions, key=lambda v: int(v.version))
+    if sep:
+        return client.get_model_version_by_alias(name, alias)
+    return client.get_model_version(name, alias)
+
+
+def _artifact_uri(uri: str, tracking: str) -> tuple[str, str]:
+    """(the artifact location, ``uri`` pinned: an alias replaced by the exact ``models:/NAME/VERSION``)."""
+    if not uri.startswith("models:/"):
+        return uri, uri
+    version = _model_version(MlflowClient(tracking, registry_uri=tracking), uri, tracking)
+    return version.source, f"models:/{version.name}/{version.version}"
+
+
+def pin_model_uri(uri: str, tracking_uri: str | None = None) -> str:
+    """``models:/NAME@ALIAS`` as the exact ``models:/NAME/VERSION`` it names now (other URIs unchanged), so
+    that processes loading it later load the same version even if the alias moves."""
+    return _artifact_uri(uri, tracking_uri or resolve_tracking_uri(TrackingConfig()))[1]
+
+
+def download_artifacts(uri: str, tracking_uri: str | None = None, member: str | None = None) -> Path:
     """A local folder with the contents of a ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/`` or
-    artifact URI. Nothing global is set: the client names its tracking and registry URI itself (MLflow's
-    ``set_registry_uri`` would also leak into every child process through the environment).
+    artifact URI (``member``: only that file of it, e.g. the manifest before the weights). Nothing global
+    is set: the client names its tracking and registry URI itself (MLflow's ``set_registry_uri`` would also
+    leak into every child process through the environment).
 
     MLflow reserves the alias ``latest``; ``models:/NAME@latest`` and ``models:/NAME/latest`` give the
     newest version.
     """
     tracking = tracking_uri or resolve_tracking_uri(TrackingConfig())
-    if uri.startswith("models:/"):
-        client = MlflowClient(tracking, registry_uri=tracking)
-        ref = uri[len("models:/"):]
-        name, sep, alias = ref.partition("@")
-        if not sep:
-            name, _, alias = ref.partition("/")
-        if alias.lower() == "latest":
-            versions = client.search_model_versions(f"name = '{name}'")
-            if not versions:
-                raise FileNotFoundError(f"{uri}: no registered model {name!r} at {tracking}")
-            version = max(versions, key=lambda v: int(v.version))
-        elif sep:
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            version = client.get_model_version(name, alias)
-        uri = version.source
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking))
+    source, _ = _artifact_uri(uri, tracking)
+    if member:
+        source = f"{source.rstrip('/')}/{member}"
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking))

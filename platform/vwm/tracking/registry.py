@@ -42,3 +42,25 @@ def local_path(uri: str | Path, tracking_uri: str | None = None) -> Path:
         raise FileNotFoundError(f"{uri}: no such folder; pass a world-model folder, runs:/RUN_ID/world_model or "
                                 "models:/NAME@ALIAS")
     return path
+
+
+def pin(uri: str, tracking_uri: str | None = None) -> str:
+    """A registry alias resolved to the exact version it names now; folders and ``runs:/`` unchanged."""
+    if str(uri).startswith("models:/"):
+        from vwm.tracking.mlflow import pin_model_uri
+
+        return pin_model_uri(str(uri), tracking_uri)
+    return str(uri)
+
+
+def local_member(uri: str | Path, member: str, tracking_uri: str | None = None) -> Path:
+    """One file of an artifact folder (a manifest, read before deciding to fetch the weights)."""
+    if str(uri).startswith(REMOTE_SCHEMES):
+        from vwm.tracking.mlflow import download_artifacts
+
+        return download_artifacts(str(uri), tracking_uri, member=member)
+    path = Path(uri) / member
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; {uri} is not a vwm world-model folder")
+    return path
+
