@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from vwm.config import ConfigError, EpisodesConfig, EvalConfig, PlanConfig
+from vwm.config import ConfigError, EpisodesConfig, EvalConfig, ModelConfig, PlanConfig
 from vwm.configfile import load_config
 from vwm.envs import make_env
 from vwm.eval.planning import EvalError, check_model, model_manifest, planners, summarize, wilson
@@ -107,3 +107,21 @@ def test_eval_config_defaults_and_errors():
     with pytest.raises(ConfigError, match="actors.gpus"):
         load_config(REPO / "configs" / "eval" / "debug_cpu.yaml", ["actors.gpus=1"], EvalConfig)
     assert json.loads(json.dumps(cfg.model_dump(mode="json")))["episodes"]["goal_offset"] == 25
+
+
+def test_vwm_evaluate_refuses_a_pretraining_model_with_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    from vwm.models.artifact import write_artifact
+
+    held_out = write_held_out(tmp_path / "h", episodes=1, steps=30, seed=0)
+    pre = write_artifact(tmp_path / "pre", kind="vjepa", model_config=ModelConfig(preset="debug"), frames=2, crop=64,
+                         weights={}, extras={"num_mask_sets": 2})
+    base = [sys.executable, "-m", "vwm.cli", "evaluate", "-c", str(REPO / "configs" / "eval" / "debug_cpu.yaml"),
+            "--set", f"episodes.paths=[{held_out}]", "--set", f"output_dir={tmp_path}/eval"]
+    proc = subprocess.run([*base, "--set", f"model_uri={pre}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "which cannot plan" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "eval").exists()  # nothing started, nothing written
+    proc = subprocess.run([*base, "--set", "episodes.goal=3"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "episodes.goal" in proc.stderr, proc.stderr[-2000:]
