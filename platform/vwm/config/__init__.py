@@ -15,5 +15,5 @@ from vwm.config.world import (  # noqa: F401
     TwoRoomsConfig, PushTConfig, EnvConfig, RandomWalkConfig, ExpertConfig, PolicyConfig, CollectConfig,
     TrajectoryConfig, BenchCollectConfig, ACPredictorConfig, ACLossWeights, ACConfig, ACMonitorConfig,
     PosttrainConfig, BenchPosttrainConfig, CEMConfig, GradientConfig, PlanConfig, EpisodesConfig,
-    ActorsConfig, EvalConfig,
+    ActorsConfig, EvalConfig, BenchStage, BenchPlanModel, BenchPlanConfig,
 )

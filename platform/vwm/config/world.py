@@ -326,3 +326,38 @@ class EvalConfig(_Strict):
             raise ValueError(f"planners share a label ({', '.join(labels)}): give each variant its own plan label")
         return self
 
+
+
+class BenchStage(_Strict):
+    """One stage of a benchmark: a config file and dotted overrides; ``{out}`` in an override is the
+    benchmark's output folder, ``{data}`` the trajectories' folder, ``{encoder}`` the encoder's URI."""
+
+    config: str
+    overrides: list[str] = Field(default_factory=list)
+
+
+class BenchPlanModel(_Strict):
+    label: str = Field(description="the model's name in the table")
+    overrides: list[str] = Field(default_factory=list, description="post-training overrides of this variant")
+    model_uri: str | None = Field(None, description="an existing vjepa-ac model: skips this variant's post-training")
+
+
+class BenchPlanConfig(_Strict):
+    """``jobs/bench_plan.py``: collect -> pretrain -> post-train -> evaluate, end to end on one machine, with
+    any stage skipped by giving its output (``data``, ``encoder_uri``, a model's ``model_uri``)."""
+
+    out: str = "outputs/bench_plan"
+    collect: BenchStage = BenchStage(config="configs/data/collect_two_rooms.yaml")
+    data: str | None = Field(None, description="existing trajectories (train/, held_out/, dataset.json): skips "
+                                               "collection")
+    pretrain: BenchStage = BenchStage(config="configs/pretrain/debug_cpu.yaml")
+    encoder_uri: str | None = Field(None, description="an existing encoder: skips pretraining")
+    posttrain: BenchStage = BenchStage(config="configs/posttrain/debug_cpu.yaml")
+    models: list[BenchPlanModel] = Field(default_factory=lambda: [BenchPlanModel(label="debug")], min_length=1)
+    evaluate: BenchStage = BenchStage(config="configs/eval/debug_cpu.yaml")
+    local: bool = Field(True, description="train in this process (no Ray Train workers); evaluation uses actors")
+    scaling_episodes: int = Field(20, ge=0, description="episodes of the first learned planner timed on 1 actor "
+                                                        "and on evaluate's actors (the speed-up); 0 skips")
+    budget_minutes: float = Field(60.0, gt=0, description="the whole benchmark's target wall time")
+    report: str | None = Field("docs/planning.md", description="markdown file whose bench_plan block is replaced")
+    report_block: str = Field("bench_plan", description="name of the block in the report (one per env)")
