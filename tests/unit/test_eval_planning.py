@@ -125,3 +125,21 @@ def test_vwm_evaluate_refuses_a_pretraining_model_with_exit_2(tmp_path):
     assert not (tmp_path / "eval").exists()  # nothing started, nothing written
     proc = subprocess.run([*base, "--set", "episodes.goal=3"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "episodes.goal" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_plan_benchmark_configs_validate_every_stage():
+    """The benchmark validates all its stages' configs before collecting anything; so must these files."""
+    from vwm.config import BenchPlanConfig, CollectConfig, PosttrainConfig
+    from vwm.eval.plan_bench import _post_cfg, _stage
+
+    for files in (["plan_two_rooms.yaml"], ["plan_two_rooms.yaml", "plan_push_t.yaml"]):
+        bench = load_config([REPO / "configs" / "bench" / f for f in files], model=BenchPlanConfig)
+        fields = {"out": "/o", "data": "/d", "encoder": "/e"}
+        collect = _stage(bench.collect, CollectConfig, fields, ["out={data}"])
+        assert collect.out == "/d"
+        post = _post_cfg(bench, bench.models[0], fields, "/e")
+        assert isinstance(post, PosttrainConfig) and post.data.paths == ["/d/train"] and post.ac.encoder_uri == "/e"
+        assert post.data.frames - 1 >= 5  # the protocol's horizon fits the predictor
+        ev = _stage(bench.evaluate, EvalConfig, fields)
+        assert ev.episodes.paths == ["/d/held_out"] and ev.planners[0].horizon == 5
+    assert collect.env.name == "push_t" and bench.report_block == "bench_plan_push_t"
