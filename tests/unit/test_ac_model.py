@@ -8,10 +8,14 @@ from vwm.models.ac_predictor import ACPredictor, block_causal_mask
 from vwm.models.ac_world_model import layer_norm, pool_tokens, rollout
 
 
-def _predictor(pos_embed, grid_hw=(4, 4), max_frames=6):
+def _predictor(pos_embed, grid_hw=(4, 4), max_frames=6, residual=False):
     torch.manual_seed(0)
-    return ACPredictor(enc_dim=32, dim=24, depth=2, heads=4, mlp_ratio=2.0, grid_hw=grid_hw, max_frames=max_frames,
-                       action_dim=10, state_dim=2, pos_embed=pos_embed).eval()
+    p = ACPredictor(enc_dim=32, dim=24, depth=2, heads=4, mlp_ratio=2.0, grid_hw=grid_hw, max_frames=max_frames,
+                    action_dim=10, state_dim=2, pos_embed=pos_embed, residual=residual).eval()
+    if residual:  # the heads start at zero: give them weights, or a residual rollout is a copy
+        for head in (p.proj, p.state_head):
+            torch.nn.init.normal_(head.weight, std=0.05)
+    return p
 
 
 def test_block_causal_mask_lets_frame_t_see_frames_up_to_t():
@@ -37,9 +41,11 @@ def test_predictions_for_frame_t_ignore_everything_after_t(pos_embed):
     assert (p(z, a3, s)[0][:, 1] - out[:, 1]).abs().max() > 1e-6  # small at init: weights of std 0.02
 
 
-@pytest.mark.parametrize("pos_embed", ["sincos", "rope"])
-def test_batched_rollout_matches_step_by_step_prediction(pos_embed):
-    p = _predictor(pos_embed)
+@pytest.mark.parametrize("pos_embed,residual", [("sincos", False), ("rope", False), ("rope", True)])
+def test_batched_rollout_matches_step_by_step_prediction(pos_embed, residual):
+    """The rollout adds one frame per step with cached keys and values; the full forward over the imagined
+    prefix must give the same numbers."""
+    p = _predictor(pos_embed, residual=residual)
     z0, actions, s0 = torch.randn(3, 16, 32), torch.randn(3, 4, 10), torch.randn(3, 2)
     with torch.no_grad():
         z_BHND, s_BHS = rollout(p, z0, actions, s0)

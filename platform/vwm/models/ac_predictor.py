@@ -75,6 +75,32 @@ class ACPredictor(nn.Module):
         sin = torch.cat((sin_cond.expand(-1, COND_TOKENS, -1), sin_feat), dim=1).reshape(1, 1, -1, sin_feat.shape[-1])
         return cos.to(dtype), sin.to(dtype)
 
+    def step(self, z_BND: torch.Tensor, action_BA: torch.Tensor, state_BS: torch.Tensor, t: int,
+             caches: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``'s output for frame t alone, given frames < t through ``caches`` (one dict per block,
+        extended here): under the block-causal mask frame t sees every earlier token, and earlier tokens
+        never see it, so their keys and values are what they were. A rollout of H steps then costs H
+        frames of tokens instead of 1 + 2 + ... + H."""
+        if t >= self.max_frames:
+            raise ValueError(f"frame {t} of the context; this predictor was built for at most {self.max_frames}")
+        B = z_BND.shape[0]
+        x_BPd = torch.cat((self.action_embed(action_BA)[:, None], self.state_embed(state_BS)[:, None],
+                           self.embed(z_BND)), dim=1)
+        P = self.tokens_per_frame
+        if self.pos_TPD is not None:
+            x_BPd = x_BPd + self.pos_TPD[t].to(x_BPd.dtype)
+        rope = None
+        if self.rope is not None:
+            cos, sin = self._rope_tables(t + 1, x_BPd.dtype, x_BPd.device)
+            rope = (cos[..., -P:, :], sin[..., -P:, :])
+        for blk, cache in zip(self.blocks, caches):
+            x_BPd = blk(x_BPd, rope, None, cache)
+        x_BPd = self.norm(x_BPd).view(B, P, -1)
+        out_BND, next_BS = self.proj(x_BPd[:, COND_TOKENS:]), self.state_head(x_BPd[:, 1])
+        if self.residual:
+            out_BND, next_BS = out_BND + z_BND, next_BS + state_BS
+        return out_BND, next_BS
+
     def forward(self, z_BTND: torch.Tensor, actions_BTA: torch.Tensor,
                 states_BTS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames 0..T-1 with their actions and states -> predicted features (B, T, N, D_enc) and states

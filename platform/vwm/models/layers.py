@@ -82,11 +82,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x_BND: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+        """``cache``: keys and values of earlier tokens (a dict this call extends), for decoding that adds
+        tokens which may see every earlier one: x holds only the new tokens, ``rope`` their positions."""
         B, N, D = x_BND.shape
         q, k, v = self.qkv(x_BND).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = Rope3D.apply(q, *rope), Rope3D.apply(k, *rope)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat((cache["k"], k), dim=2), torch.cat((cache["v"], v), dim=2)
+            cache["k"], cache["v"] = k, v
         # scaled_dot_product_attention picks flash / memory-efficient kernels on GPU
         out_BHND = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out_BHND.transpose(1, 2).reshape(B, N, D))
@@ -113,8 +119,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x_BND, rope=None, attn_mask=None):
-        x_BND = x_BND + self.attn(self.norm1(x_BND), rope, attn_mask)
+    def forward(self, x_BND, rope=None, attn_mask=None, cache: dict | None = None):
+        x_BND = x_BND + self.attn(self.norm1(x_BND), rope, attn_mask, cache)
         return x_BND + self.mlp(self.norm2(x_BND))
 
 
