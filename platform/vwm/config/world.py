@@ -215,6 +215,8 @@ class BenchPosttrainConfig(_Strict):
     horizon: int = Field(5, ge=1, description="model steps per rollout")
     pools: list[int | None] = Field(default_factory=lambda: [1, 2, None], min_length=1)
     repeats: int = Field(5, ge=1, description="timed rollouts per pooling, after one warm-up")
+    cem_iterations: int = Field(30, ge=1, description="iterations of the timed CEM plans")
+    plan_repeats: int = Field(2, ge=1, description="timed CEM plans per pooling")
     train_steps: int = Field(300, ge=0, description="post-training steps of the learning run; 0 skips it")
     episodes: int = Field(300, ge=10, description="TwoRooms episodes collected for the learning run")
     pretrain_steps: int = Field(60, ge=1, description="debug pretraining steps of the encoder")

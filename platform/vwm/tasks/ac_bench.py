@@ -2,7 +2,8 @@
 
 1. The planner's budget: one batched rollout of ``candidates`` action sequences over ``horizon`` model steps
    (one predictor call per step over every candidate), for each ``ac.pool``, with the debug recipe's
-   encoder width and predictor. Median of ``repeats`` timed calls after a warm-up.
+   encoder width and predictor (median of ``repeats`` timed calls after a warm-up); then whole CEM plans
+   of ``candidates`` x ``cem_iterations`` through the planner's ``LearnedDynamics``.
 2. Learning, end to end in this process: TwoRooms episodes collected, a debug encoder pretrained, then
    ``train_steps`` of post-training; it reports steps/s and the held-out rollout L1 against copying the
    last frame (``eval/rollout_vs_copy@k``: below 1 beats the copy).
@@ -28,6 +29,13 @@ from vwm.models.ac_world_model import rollout
 
 
 def rollout_cost(cfg: PosttrainConfig, bench: BenchPosttrainConfig, pool: int | None) -> dict:
+    """One rollout of ``candidates`` x ``horizon`` (median of ``repeats``), then whole CEM plans (encoding the
+    observation and the goal included) through the planner's ``LearnedDynamics``, at the debug encoder's width."""
+    from vwm.config import CEMConfig
+    from vwm.models.ac_world_model import ACWorldModel, FrameEncoder
+    from vwm.planning.cem import cem, keyed_generator
+    from vwm.planning.dynamics import LearnedDynamics
+
     model = ModelConfig(preset="debug")
     grid = 64 // model.patch_size
     torch.manual_seed(0)
@@ -46,8 +54,21 @@ def rollout_cost(cfg: PosttrainConfig, bench: BenchPosttrainConfig, pool: int | 
             rollout(predictor, z0_BND, actions_BHA, state0_BS)
             if i:  # the first call warms up allocators and kernels
                 times.append(time.perf_counter() - t0)
+    encoder = FrameEncoder(model, 64, pool, [0.5] * 3, [0.25] * 3)
+    manifest = {"kind": "vjepa-ac", "frameskip": 5, "action_dim": 10, "normalisation": {
+        "action_mean": [0.0] * 10, "action_std": [1.0] * 10, "state_mean": [32.0] * 2, "state_std": [16.0] * 2}}
+    dynamics = LearnedDynamics(ACWorldModel(manifest, encoder, predictor))
+    frame = {"pixels": torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8).numpy()}
+    plan_cfg = CEMConfig(samples=bench.candidates, iterations=bench.cem_iterations, topk=min(30, bench.candidates))
+    plans = []
+    for i in range(bench.plan_repeats):
+        t0 = time.perf_counter()
+        z0, goal = dynamics.encode(frame), dynamics.encode(frame)
+        cem(dynamics, z0, torch.zeros(1, 2), goal, horizon=bench.horizon, cfg=plan_cfg,
+            generator=keyed_generator(0, 0, i))
+        plans.append(time.perf_counter() - t0)
     return {"pool": f"{pool}x{pool}" if pool else f"full ({grid}x{grid})", "tokens": tokens,
-            "s": statistics.median(times), "min": min(times), "max": max(times)}
+            "s": statistics.median(times), "min": min(times), "max": max(times), "plan_s": statistics.median(plans)}
 
 
 def learning_run(cfg: PosttrainConfig, bench: BenchPosttrainConfig) -> dict:
@@ -83,11 +104,15 @@ def run_bench_posttrain(bench: BenchPosttrainConfig) -> dict:
     costs = [rollout_cost(cfg, bench, pool) for pool in bench.pools]
     p = cfg.ac.predictor
     lines = [f"{date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPUs, torch "
-             f"{torch.__version__}: one rollout of {bench.candidates} candidates x {bench.horizon} steps (one "
-             f"predictor call per step over all candidates), predictor {p.dim}x{p.depth}, debug encoder width; "
-             f"median of {bench.repeats} after a warm-up.", "",
-             "| pooling | tokens per frame | s per rollout (median) | min | max |", "|---|---|---|---|---|"]
-    lines += [f"| {c['pool']} | {c['tokens']} | {c['s']:.3f} | {c['min']:.3f} | {c['max']:.3f} |" for c in costs]
+             f"{torch.__version__}, 1-min load average {os.getloadavg()[0]:.1f}: one rollout of {bench.candidates} "
+             f"candidates x {bench.horizon} steps (one predictor call per step over all candidates, earlier frames "
+             f"cached), predictor {p.dim}x{p.depth}, debug encoder width; median of {bench.repeats} after a "
+             f"warm-up. A CEM plan: {bench.candidates} x {bench.cem_iterations} at horizon {bench.horizon}, the "
+             f"observation and goal encoded, median of {bench.plan_repeats}.", "",
+             "| pooling | tokens per frame | s per rollout (median) | min | max | s per CEM plan |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {c['pool']} | {c['tokens']} | {c['s']:.3f} | {c['min']:.3f} | {c['max']:.3f} | {c['plan_s']:.2f} |"
+              for c in costs]
     learned = learning_run(cfg, bench) if bench.train_steps else None
     if learned:
         ks = sorted({k.rsplit("@", 1)[1] for k in learned if "@" in k}, key=int)
