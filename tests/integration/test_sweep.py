@@ -43,8 +43,13 @@ def test_debug_sweep_nested_runs_asha_and_best_config(tmp_path, ray_cluster, mlf
     from vwm.tasks.jepa import run_pretrain
     from vwm.tune.sweep import run_sweep
 
-    # Optuna TPE as the searcher (random search runs in the PBT test, grid in the failing-trials one)
-    result = run_sweep(_sweep(SWEEP, tmp_path, mlflow_server, "search=optuna"))
+    # Optuna TPE as the searcher (random search runs in the PBT test, grid in the failing-trials one); 8 steps
+    # with an evaluation every 2 give each trial the sweep file's 4 reports, so ASHA's rungs are the same.
+    # Two trials at a time (each holds 1 of the 2 CPUs): ASHA is asynchronous, the first trial to reach a
+    # rung always goes on, a later one stops when it is below the rung's cutoff
+    result = run_sweep(_sweep(SWEEP, tmp_path, mlflow_server, "search=optuna", "max_concurrent_trials=2",
+                              overrides=["train.steps=8", "train.eval_every=2", "train.checkpoint_every=8",
+                                         "train.log_every=2"]))
     assert result.trials == 4 and result.errored == 0
     assert min(result.iterations) < max(result.iterations) == 4, f"ASHA stopped no trial: {result.iterations}"
 
@@ -69,7 +74,9 @@ def test_failing_trials_are_marked_failed_and_the_sweep_goes_on(tmp_path, ray_cl
     from vwm.raycompat import orphaned_groups
     from vwm.tune.sweep import run_sweep
 
+    # two trials at a time (each holds 1 of the 2 CPUs): FIFO stops nothing, so the order does not matter
     cfg = _sweep(SWEEP, tmp_path, mlflow_server, "scheduler.kind=fifo", "metric=eval/probe_acc", "num_samples=1",
+                 "max_concurrent_trials=2",
                  overrides=["train.steps=4", "train.eval_every=2", "train.checkpoint_every=4",
                             "train.max_nonfinite_steps=2", "optim.lr.warmup_steps=0",
                             "monitor.probe.label=direction", "monitor.probe.clips=32"])
@@ -101,9 +108,10 @@ def test_pbt_clones_a_better_trials_checkpoint(tmp_path, ray_cluster, mlflow_ser
     (tmp_path / "configs").symlink_to(REPO / "configs")
     monkeypatch.chdir(tmp_path)
     cfg = load_config("configs/sweep/pbt_debug.yaml", ["output_dir=sweeps"], SweepConfig)
+    # 8 steps, a report and a checkpoint every 2: the sweep file's 4 reports (3 chances to clone) in fewer steps
     result = run_sweep(cfg.model_copy(update={"overrides": [
         *cfg.overrides, f"tracking.tracking_uri={mlflow_server}", "train.output_dir=out", "dist.storage_path=ray",
-        "train.device=cpu"]}))
+        "train.device=cpu", "train.steps=8", "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=2"]}))
     assert len(list((tmp_path / "out").iterdir())) >= 2 and len(list((tmp_path / "ray").iterdir())) >= 2
     assert result.trials == 2 and result.errored == 0 and result.best_metric is not None
 

@@ -1,5 +1,6 @@
-"""MLflow against a real ``mlflow server``: a tracked distributed run with a registered model, and a
-tracker that keeps training unblocked while the server is down and delivers the metrics afterwards."""
+"""MLflow against a real ``mlflow server``: a tracked distributed run on shards with a registered model (also
+the uninterrupted reference for a run stopped and resumed on the same shards), and a tracker that keeps
+training unblocked while the server is down and delivers the metrics afterwards."""
 
 from __future__ import annotations
 
@@ -18,21 +19,35 @@ from tests.integration.conftest import free_port, start_mlflow, stop_pid
 pytestmark = pytest.mark.slow
 
 
-def test_distributed_run_on_shards_tracks_to_mlflow_and_registers_the_model(tmp_path, ray_cluster, mlflow_server):
-    import vwm
+def _shards_cfg(shards, out, *extra):
+    return load_config(REPO / "configs" / "pretrain" / "debug_shards.yaml", [
+        f"data.paths=[{shards}]", "data.batch_size=4", "data.shuffle_buffer=0", "train.steps=8",
+        "train.checkpoint_every=4", "train.log_every=1", "dist.checksum_every=1", f"train.output_dir={out}",
+        f"dist.storage_path={out}/ray", "train.device=cpu", *extra])
+
+
+@pytest.fixture(scope="module")
+def tracked_shards_run(tmp_path_factory, ray_cluster, mlflow_server):
+    """One 2-worker run on shards tracked to the MLflow server: the tracking test checks what it logged and
+    registered, the resume test compares its data positions with a stopped and resumed run's."""
     from vwm.data.tools import run_synth
     from vwm.tasks.jepa import run_pretrain
 
-    run_synth(str(tmp_path / "shards"), num_videos=8, shards=2, seed=0,
+    root = tmp_path_factory.mktemp("tracked")
+    run_synth(str(root / "shards"), num_videos=12, shards=3, seed=0,
               cfg=SyntheticConfig(video_frames=24, height=64, width=64))
-    cfg = load_config(REPO / "configs" / "pretrain" / "debug_shards.yaml", [
-        f"data.paths=[{tmp_path}/shards]", "data.batch_size=4", "train.steps=4", "train.checkpoint_every=2",
-        "train.log_every=1", "dist.checksum_every=1", f"train.output_dir={tmp_path}/out", f"dist.storage_path={tmp_path}/ray",
-        "tracking.backend=mlflow", f"tracking.tracking_uri={mlflow_server}", "tracking.experiment=vwm-test",
-        "tracking.register_as=vwm-test-jepa", "train.device=cpu"])
+    cfg = _shards_cfg(root / "shards", root / "out", "tracking.backend=mlflow",
+                      f"tracking.tracking_uri={mlflow_server}", "tracking.experiment=vwm-test",
+                      "tracking.register_as=vwm-test-jepa")
     # the Ray Data iterator's prefetch thread runs beside training here: the EMA targets must stay
     # bit-identical anyway (compared after every step; a mismatch stops the run)
-    result = run_pretrain(cfg)
+    return root, run_pretrain(cfg)
+
+
+def test_distributed_run_on_shards_tracks_to_mlflow_and_registers_the_model(tracked_shards_run, mlflow_server):
+    import vwm
+
+    _, result = tracked_shards_run
     assert result.model_uri == "models:/vwm-test-jepa/1"
 
     client = MlflowClient(mlflow_server)
@@ -43,7 +58,7 @@ def test_distributed_run_on_shards_tracks_to_mlflow_and_registers_the_model(tmp_
     assert {"git_commit", "ray_address", "workers", "zero_stage"} <= set(run.data.tags)
     assert run.data.tags["workers"] == "2"
     losses = client.get_metric_history(run.info.run_id, "train/loss")
-    assert [m.step for m in losses] == [0, 1, 2, 3]
+    assert [m.step for m in losses] == list(range(8))
     for name in ("train/lr", "train/wd", "train/ema_momentum", "perf/samples_per_s", "perf/step_s",
                  "perf/data_wait_s", "repr/std", "repr/rankme", "data/skipped_videos"):
         assert client.get_metric_history(run.info.run_id, name), name
@@ -57,6 +72,34 @@ def test_distributed_run_on_shards_tracks_to_mlflow_and_registers_the_model(tmp_
         feats = wm.encode(torch.zeros(2, 8, 64, 64, 3, dtype=torch.uint8))
         assert feats.shape == (2, 4 * 8 * 8, 96) and torch.isfinite(feats).all()
     mlflow.set_tracking_uri(None)
+
+
+def _positions(client, run_id) -> dict[int, tuple[int, int]]:
+    epochs, files = ({m.step: int(m.value) for m in client.get_metric_history(run_id, k)}
+                     for k in ("data/epoch", "data/file"))
+    return {step: (epochs[step], files[step]) for step in epochs}
+
+
+def test_resumed_run_on_shards_continues_at_its_data_position(tracked_shards_run, mlflow_server):
+    """A distributed --resume on shards starts the data where the checkpoint stopped, as an uninterrupted
+    run reads it, not at epoch 0, file 0."""
+    import json
+
+    from vwm.tasks.jepa import run_pretrain
+    from vwm.train import checkpoint as ckpt
+
+    root, full = tracked_shards_run
+    cfg = _shards_cfg(root / "shards", root / "split", "tracking.backend=jsonl")
+    first = run_pretrain(cfg, stop_at=4)
+    saved = tuple(ckpt.latest_meta(str(root / "split" / "ray" / first.name))["data_position"]["position"])
+    assert saved > (0, 0), saved  # 4 steps of 2 workers x 4 clips read past the first shard
+    rest = run_pretrain(cfg, resume=True)
+    assert rest.name == first.name and rest.metrics["step"] == 8
+    rows = [json.loads(line) for line in (rest.run_dir / "metrics.jsonl").read_text().splitlines()]
+    resumed = {r["step"]: (r["data/epoch"], r["data/file"]) for r in rows if "data/epoch" in r}
+    uninterrupted = _positions(MlflowClient(mlflow_server), full.tracker["run_id"])
+    assert resumed[4] >= saved, (resumed, saved)  # before the fix: epoch 0, file 0 again
+    assert abs(resumed[7][0] - uninterrupted[7][0]) <= 1, (resumed, uninterrupted)
 
 
 def test_tracker_survives_a_server_outage_and_delivers_metrics_afterwards(tmp_path):
@@ -80,10 +123,7 @@ def test_tracker_survives_a_server_outage_and_delivers_metrics_afterwards(tmp_pa
         assert tracker._pending, "metrics logged during the outage must be kept"
         server = start_mlflow(tmp_path / "srv", port)
         tracker.close(timeout_s=60)
-    finally:
-        stop_pid(server)
-    server = start_mlflow(tmp_path / "srv", port)
-    try:
+        # read back from the restarted server (a new process on the same store): steps 0-4 went to the first
         history = MlflowClient(uri).get_metric_history(tracker.run_id, "train/loss")
         assert sorted(m.step for m in history) == list(range(10))
     finally:
