@@ -107,7 +107,11 @@ def start_mlflow(root, port: int) -> subprocess.Popen:
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, **MLFLOW_NO_JOBS})
-    wait_http(f"http://127.0.0.1:{port}/health", timeout=90)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=90)
+    except BaseException:  # a server that never answered is still running: stop it and its workers
+        stop_pid(proc)
+        raise
     return proc
 
 
