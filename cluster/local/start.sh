@@ -28,7 +28,8 @@ RAY_AUTH_MODE=token setsid "$BIN/ray" start --head --block --node-ip-address 127
   --disable-usage-stats > "$DIR/ray.log" 2>&1 &
 echo $! > "$DIR/ray.pid"
 
-setsid "$PYTHON" -m mlflow server --backend-store-uri "sqlite:///$DIR/mlflow.db" \
+# MLflow's job runner serves GenAI features we do not use; off, the server starts in half the CPU time
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$PYTHON" -m mlflow server --backend-store-uri "sqlite:///$DIR/mlflow.db" \
   --artifacts-destination "$DIR/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
   > "$DIR/mlflow.log" 2>&1 &
 echo $! > "$DIR/mlflow.pid"
