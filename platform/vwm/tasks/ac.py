@@ -139,11 +139,12 @@ class ACTask:
         from vwm.data.pipeline import clip_batches, local_batches, run_ledger
 
         c = self.cfg
-        ledger = run_ledger(self.run_name)
-        if shard is None:
+        if shard is None:  # before the ledger: its actor would otherwise ray.init() onto any cluster running here
             from vwm.raycluster import connect
 
             connect()
+        ledger = run_ledger(self.run_name)
+        if shard is None:
             stream = iter(local_batches(c.data, collate_windows, seed=c.train.seed, ledger=ledger,
                                         position=position))
         else:
