@@ -4,8 +4,10 @@ prediction, batched over candidates."""
 import pytest
 import torch
 
+from vwm.config import ACConfig, ModelConfig
 from vwm.models.ac_predictor import ACPredictor, block_causal_mask
-from vwm.models.ac_world_model import layer_norm, pool_tokens, rollout
+from vwm.models.ac_world_model import ACModule, FrameEncoder, layer_norm, pool_tokens, rollout
+from vwm.tasks.ac import variance_hinge
 
 
 def _predictor(pos_embed, grid_hw=(4, 4), max_frames=6, residual=False):
@@ -67,3 +69,39 @@ def test_pooling_averages_the_grid_and_keeps_features_normalised():
     assert one.shape == (2, 1, 8)
     torch.testing.assert_close(one, layer_norm(z.mean(1, keepdim=True)))
     assert pool_tokens(z, (4, 4), 2).shape == (2, 4, 8) and pool_tokens(z, (4, 4), None) is z
+
+
+def test_state_probe_reads_the_online_features_linearly_and_trains_the_encoder():
+    torch.manual_seed(0)
+    cfg = ModelConfig(preset="debug", dim=32, depth=1, heads=2, patch_size=8)
+    encoder = FrameEncoder(cfg, 16, 1, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    predictor = ACPredictor(enc_dim=32, dim=24, depth=1, heads=4, mlp_ratio=2.0, grid_hw=(1, 1), max_frames=3,
+                            action_dim=10, state_dim=2, residual=True)
+    module = ACModule(predictor, encoder, state_dim=2)
+    frames = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    z_BTND, _, _, _, probe_BTS = module(None, torch.randn(2, 2, 10), torch.randn(2, 3, 2), 1, frames)
+    assert probe_BTS.shape == (2, 3, 2)
+    torch.testing.assert_close(probe_BTS, module.state_probe(z_BTND.mean(2)))
+    probe_BTS.abs().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.state_probe.parameters())
+    assert encoder.encoder.patch_embed.proj.weight.grad.abs().sum() > 0  # the features themselves are shaped
+    with pytest.raises(ValueError, match="online encoder"):
+        ACModule(predictor, None, state_dim=2)
+
+
+def test_variance_hinge_penalises_collapse_per_token_and_spares_spread_features():
+    collapsed_BTND = torch.ones(4, 3, 2, 8)
+    assert float(variance_hinge(collapsed_BTND)) == pytest.approx(1 - 1e-2)
+    spread_BTND = torch.randn(64, 4, 2, 8) * 3
+    assert float(variance_hinge(spread_BTND)) == 0.0
+    # one token varies, the other does not: only the static one's channels are penalised
+    mixed_BTND = spread_BTND.clone()
+    mixed_BTND[:, :, 1] = 0.0
+    assert float(variance_hinge(mixed_BTND)) == pytest.approx((1 - 1e-2) / 2)
+
+
+@pytest.mark.parametrize("weight", ["state_probe", "variance"])
+def test_feature_shaping_losses_need_the_end_to_end_encoder(weight):
+    with pytest.raises(ValueError, match="ac.encoder: ema"):
+        ACConfig(encoder_uri="x", loss_weights={weight: 1.0})
+    assert getattr(ACConfig(encoder_uri="x", encoder="ema", loss_weights={weight: 1.0}).loss_weights, weight) == 1.0

@@ -148,6 +148,13 @@ class ACLossWeights(_Strict):
     teacher_forcing: float = Field(1.0, ge=0, description="L1 of one-step predictions from true context frames")
     rollout: float = Field(1.0, ge=0, description="L1 of the autoregressive rollout over ac.rollout_steps")
     state: float = Field(0.1, ge=0, description="L1 of the predicted next state (normalised units)")
+    state_probe: float = Field(0.0, ge=0, description="L1 of every frame's state read by a linear head from the "
+                               "online encoder's features (mean over tokens); needs ac.encoder: ema. The "
+                               "predictor is given the current state, so nothing else makes the features the "
+                               "planner compares carry the agent's position")
+    variance: float = Field(0.0, ge=0, description="VICReg's variance hinge on the online encoder's features: "
+                            "mean of relu(1 - std) of every token channel across the batch's frames; needs "
+                            "ac.encoder: ema, whose JEPA losses alone let the features collapse")
 
 
 class ACConfig(_Strict):
@@ -170,6 +177,10 @@ class ACConfig(_Strict):
         if self.predictor.dim % self.predictor.heads:
             raise ValueError(f"ac.predictor.dim={self.predictor.dim} is not divisible by "
                              f"ac.predictor.heads={self.predictor.heads}")
+        for name in ("state_probe", "variance"):
+            if getattr(self.loss_weights, name) and self.encoder != "ema":
+                raise ValueError(f"ac.loss_weights.{name}={getattr(self.loss_weights, name)} shapes the encoder's "
+                                 f"features, but ac.encoder={self.encoder!r} is not trained; set ac.encoder: ema")
         return self
 
 

@@ -76,23 +76,30 @@ def rollout(predictor: ACPredictor, z0_BND: torch.Tensor, actions_BHA: torch.Ten
 
 
 class ACModule(nn.Module):
-    """What the engine trains: the predictor, plus the online encoder when it is trained end to end."""
+    """What the engine trains: the predictor, plus the online encoder when it is trained end to end, and
+    optionally a linear state probe on that encoder's features (a training aid, not exported)."""
 
-    def __init__(self, predictor: ACPredictor, encoder: FrameEncoder | None = None):
+    def __init__(self, predictor: ACPredictor, encoder: FrameEncoder | None = None, state_dim: int | None = None):
         super().__init__()
         self.predictor = predictor
         self.encoder = encoder
+        if state_dim is not None and encoder is None:
+            raise ValueError("a state probe needs the online encoder: it trains the encoder's features")
+        self.state_probe = nn.Linear(encoder.cfg.dim, state_dim) if state_dim is not None else None
 
     def forward(self, z_BTND: torch.Tensor, actions_BTA: torch.Tensor, states_BTS: torch.Tensor,
                 rollout_steps: int, frames_BTHWC: torch.Tensor | None = None):
         """Teacher forcing over frames 0..T-2 and an autoregressive rollout of ``rollout_steps`` from frame 0.
         With an online encoder, the context features come from ``frames_BTHWC`` instead of ``z_BTND``.
-        Returns (context features, next-frame predictions, next-state predictions, rollout)."""
+        Returns (context features, next-frame predictions, next-state predictions, rollout, the state probe's
+        reading of every frame (B, T, S) or None)."""
         if self.encoder is not None:
             z_BTND = self.encoder(frames_BTHWC)
         pred_BTND, spred_BTS = self.predictor(z_BTND[:, :-1], actions_BTA, states_BTS[:, :-1])
         roll_BRND, _ = rollout(self.predictor, z_BTND[:, 0], actions_BTA[:, :rollout_steps], states_BTS[:, 0])
-        return z_BTND, layer_norm(pred_BTND), spred_BTS, roll_BRND
+        # linear in the token mean: distances between features then grow with distances between states
+        probe_BTS = self.state_probe(z_BTND.mean(2)) if self.state_probe is not None else None
+        return z_BTND, layer_norm(pred_BTND), spred_BTS, roll_BRND, probe_BTS
 
 
 class ACWorldModel:

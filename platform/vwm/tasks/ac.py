@@ -49,6 +49,14 @@ def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().mean()
 
 
+def variance_hinge(z_BTND: torch.Tensor, target: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg's variance term: mean over tokens and channels of relu(target - std across the B x T frames).
+    Per token, so that with the full grid a patch whose content never changes is not asked to vary
+    through another patch's variance."""
+    std_ND = (z_BTND.flatten(0, 1).float().var(dim=0) + eps).sqrt()
+    return torch.relu(target - std_ND).mean()
+
+
 class ACTask:
     kind = "ac"
     config_cls = PosttrainConfig
@@ -84,7 +92,8 @@ class ACTask:
         # frozen: a fixed copy; ema: follows the online encoder after every update
         self.ema = EMATarget(copy.deepcopy(enc).to(self.device), "encoder", self.cfg.optim, self.cfg.train.steps)
         self.target = self.ema.module
-        return ACModule(self._predictor(enc), online)
+        probe = self.stats["state_dim"] if self.cfg.ac.loss_weights.state_probe else None
+        return ACModule(self._predictor(enc), online, state_dim=probe)
 
     def loss(self, engine, batch: WindowBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         ac, d = self.cfg.ac, self.device
@@ -92,8 +101,8 @@ class ACTask:
         with torch.no_grad():
             target_BTND = self.target(frames)  # the frozen encoder's features, or the EMA target's
         # frozen: the predictor reads the same features it is scored against; ema: the online encoder's
-        z_BTND, pred_BTND, spred_BTS, roll_BRND = engine(target_BTND, actions, states, ac.rollout_steps,
-                                                         frames if ac.encoder == "ema" else None)
+        z_BTND, pred_BTND, spred_BTS, roll_BRND, probe_BTS = engine(target_BTND, actions, states, ac.rollout_steps,
+                                                                    frames if ac.encoder == "ema" else None)
         loss_tf = l1(pred_BTND, target_BTND[:, 1:])
         loss_roll = l1(roll_BRND, target_BTND[:, 1:ac.rollout_steps + 1])
         loss_state = l1(spred_BTS, states[:, 1:])
@@ -102,6 +111,14 @@ class ACTask:
         self.last_z = z_BTND.detach()
         extras = {"train/loss_tf": float(loss_tf.detach()), "train/loss_rollout": float(loss_roll.detach()),
                   "train/loss_state": float(loss_state.detach())}
+        if probe_BTS is not None:
+            loss_probe = l1(probe_BTS, states)
+            loss = loss + w.state_probe * loss_probe
+            extras["train/loss_state_probe"] = float(loss_probe.detach())
+        if w.variance:  # the online encoder's features (ac.encoder: ema, checked by the config)
+            loss_var = variance_hinge(z_BTND)
+            loss = loss + w.variance * loss_var
+            extras["train/loss_variance"] = float(loss_var.detach())
         if ac.encoder == "ema":
             extras["train/ema_momentum"] = self.ema.momentum(step)
         return loss, extras
@@ -139,11 +156,12 @@ class ACTask:
         from vwm.data.pipeline import clip_batches, local_batches, run_ledger
 
         c = self.cfg
-        ledger = run_ledger(self.run_name)
-        if shard is None:
+        if shard is None:  # before the ledger: its actor would otherwise ray.init() onto any cluster running here
             from vwm.raycluster import connect
 
             connect()
+        ledger = run_ledger(self.run_name)
+        if shard is None:
             stream = iter(local_batches(c.data, collate_windows, seed=c.train.seed, ledger=ledger,
                                         position=position))
         else:
