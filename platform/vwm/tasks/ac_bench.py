@@ -113,18 +113,21 @@ def run_bench_posttrain(bench: BenchPosttrainConfig) -> dict:
              "|---|---|---|---|---|---|"]
     lines += [f"| {c['pool']} | {c['tokens']} | {c['s']:.3f} | {c['min']:.3f} | {c['max']:.3f} | {c['plan_s']:.2f} |"
               for c in costs]
-    learned = learning_run(cfg, bench) if bench.train_steps else None
-    if learned:
-        ks = sorted({k.rsplit("@", 1)[1] for k in learned if "@" in k}, key=int)
-        lines += ["", f"Learning ({bench.episodes} TwoRooms episodes, encoder pretrained {bench.pretrain_steps} "
-                      f"steps, {learned['steps']} post-training steps in one process, {learned['seconds']:.0f} s, "
-                      f"{learned['steps_per_s']:.2f} steps/s): held-out rollout L1 and its ratio to copying the "
-                      "last frame (below 1 beats the copy).", "",
-                  "| steps ahead | rollout L1 | vs copy |", "|---|---|---|"]
-        lines += [f"| {k} | {learned[f'eval/rollout_l1@{k}']:.4f} | {learned[f'eval/rollout_vs_copy@{k}']:.3f} |"
-                  for k in ks]
     table = "\n".join(lines)
     print(table)
     if bench.report:
         write_block(bench.report, "bench_posttrain", table)
+    learned = learning_run(cfg, bench) if bench.train_steps else None
+    if learned:  # its own block: a speed-only run (train_steps: 0) keeps the last learning figures
+        ks = sorted({k.rsplit("@", 1)[1] for k in learned if "@" in k}, key=int)
+        lines = [f"Learning ({bench.episodes} TwoRooms episodes, encoder pretrained {bench.pretrain_steps} "
+                 f"steps, {learned['steps']} post-training steps in one process, {learned['seconds']:.0f} s, "
+                 f"{learned['steps_per_s']:.2f} steps/s): held-out rollout L1 and its ratio to copying the "
+                 "last frame (below 1 beats the copy).", "", "| steps ahead | rollout L1 | vs copy |", "|---|---|---|"]
+        lines += [f"| {k} | {learned[f'eval/rollout_l1@{k}']:.4f} | {learned[f'eval/rollout_vs_copy@{k}']:.3f} |"
+                  for k in ks]
+        table = "\n".join(lines)
+        print(table)
+        if bench.report:
+            write_block(bench.report, "bench_posttrain_learning", table)
     return {"rollouts": costs, "learning": learned}
