@@ -99,6 +99,13 @@ def learning_run(cfg: PosttrainConfig, bench: BenchPosttrainConfig) -> dict:
             **{k: v for k, v in evals.items() if k.startswith("eval/")}}
 
 
+def _emit(bench: BenchPosttrainConfig, block: str, lines: list[str]) -> None:
+    table = "\n".join(lines)
+    print(table)
+    if bench.report:
+        write_block(bench.report, block, table)
+
+
 def run_bench_posttrain(bench: BenchPosttrainConfig) -> dict:
     cfg = load_config(bench.base, [f"ac.encoder_uri={bench.out}/unused"], PosttrainConfig)
     costs = [rollout_cost(cfg, bench, pool) for pool in bench.pools]
@@ -113,10 +120,7 @@ def run_bench_posttrain(bench: BenchPosttrainConfig) -> dict:
              "|---|---|---|---|---|---|"]
     lines += [f"| {c['pool']} | {c['tokens']} | {c['s']:.3f} | {c['min']:.3f} | {c['max']:.3f} | {c['plan_s']:.2f} |"
               for c in costs]
-    table = "\n".join(lines)
-    print(table)
-    if bench.report:
-        write_block(bench.report, "bench_posttrain", table)
+    _emit(bench, "bench_posttrain", lines)
     learned = learning_run(cfg, bench) if bench.train_steps else None
     if learned:  # its own block: a speed-only run (train_steps: 0) keeps the last learning figures
         ks = sorted({k.rsplit("@", 1)[1] for k in learned if "@" in k}, key=int)
@@ -126,8 +130,5 @@ def run_bench_posttrain(bench: BenchPosttrainConfig) -> dict:
                  "last frame (below 1 beats the copy).", "", "| steps ahead | rollout L1 | vs copy |", "|---|---|---|"]
         lines += [f"| {k} | {learned[f'eval/rollout_l1@{k}']:.4f} | {learned[f'eval/rollout_vs_copy@{k}']:.3f} |"
                   for k in ks]
-        table = "\n".join(lines)
-        print(table)
-        if bench.report:
-            write_block(bench.report, "bench_posttrain_learning", table)
+        _emit(bench, "bench_posttrain_learning", lines)
     return {"rollouts": costs, "learning": learned}
