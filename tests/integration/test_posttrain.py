@@ -58,7 +58,8 @@ def test_posttrain_on_ray_train_writes_an_ac_world_model(encoder_and_data):
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = {k for r in rows for k in r}
     assert {"train/loss_tf", "train/loss_rollout", "train/loss_state", "repr/rankme", "eval/rollout_l1@1",
-            "eval/rollout_vs_copy@1", "eval/rollout_l1@3", "data/skipped_videos"} <= logged
+            "eval/rollout_vs_copy@1", "eval/rollout_l1@3", "eval/cost_rank_corr", "eval/cost_rank_corr_near",
+            "data/skipped_videos"} <= logged
     assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
     artifact = Path(result.checkpoint_path) / "world_model"
     manifest = json.loads((artifact / "manifest.json").read_text())

@@ -143,3 +143,21 @@ def test_plan_benchmark_configs_validate_every_stage():
         ev = _stage(bench.evaluate, EvalConfig, fields)
         assert ev.episodes.paths == ["/d/held_out"] and ev.planners[0].horizon == 5
     assert collect.env.name == "push_t" and bench.report_block == "bench_plan_push_t"
+
+
+def test_cost_rank_correlation_tells_a_plannable_representation_from_noise():
+    """Features that encode the position (here: a smooth map of it) order states; random features do not."""
+    import torch
+
+    from vwm.eval.geometry import cost_rank_correlation, rank_correlation
+
+    assert rank_correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 35.0])) == pytest.approx(1.0)
+    assert rank_correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+    g = torch.Generator().manual_seed(0)
+    states_FS = torch.rand(200, 2, generator=g) * 64
+    centres_N2 = torch.rand(16, 2, generator=g) * 64  # a bump of activity per token around a centre
+    z_FND = torch.exp(-((states_FS[:, None] - centres_N2[None]) ** 2).sum(-1) / 400)[..., None].expand(-1, -1, 4)
+    good = cost_rank_correlation(z_FND, states_FS)
+    noise = cost_rank_correlation(torch.randn(200, 16, 4, generator=g), states_FS)
+    assert good["all"] > 0.6 and good["near"] > 0.6, good  # far apart, every bump is off: distances saturate
+    assert abs(noise["all"]) < 0.3 and abs(noise["near"]) < 0.4, noise

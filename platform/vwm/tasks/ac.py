@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vwm.config import PosttrainConfig
+from vwm.eval.geometry import cost_rank_correlation
 from vwm.eval.rankme import feature_std, rankme, token_sample
 from vwm.models.ac_predictor import ACPredictor
 from vwm.models.ac_world_model import ACModule, FrameEncoder, rollout
@@ -213,11 +214,16 @@ class ACTask:
 @torch.no_grad()
 def rollout_metrics(predictor, encoder, windows: WindowBatch, horizon: int, device) -> dict[str, float]:
     """Held-out rollout L1 at 1, 2 and H steps, beside copying the last observed frame (the baseline a
-    predictor must beat): ``eval/rollout_l1@k`` and ``eval/rollout_vs_copy@k`` (< 1 beats the copy)."""
+    predictor must beat): ``eval/rollout_l1@k`` and ``eval/rollout_vs_copy@k`` (< 1 beats the copy); and
+    whether the features order states as a planning cost needs (``eval/cost_rank_corr``, ``..._near``:
+    vwm.eval.geometry; states in normalised units)."""
     out: dict[str, float] = {}
+    feats, states = [], []
     for chunk in range(0, len(windows.frames_BTHWC), 16):
         sl = slice(chunk, chunk + 16)
         z_BTND = encoder(windows.frames_BTHWC[sl].to(device))
+        feats.append(z_BTND.flatten(0, 1).cpu())
+        states.append(windows.states_BTS[sl].flatten(0, 1))
         roll_BHND, _ = rollout(predictor, z_BTND[:, 0], windows.actions_BTA[sl, :horizon].to(device),
                                windows.states_BTS[sl, 0].to(device))
         for k in sorted({1, min(2, horizon), horizon}):
@@ -230,6 +236,8 @@ def rollout_metrics(predictor, encoder, windows: WindowBatch, horizon: int, devi
         k = key[3:]
         err, copy = float(np.mean(out[key])), float(np.mean(out[f"copy@{k}"]))
         metrics[f"eval/rollout_l1@{k}"], metrics[f"eval/rollout_vs_copy@{k}"] = err, err / max(copy, 1e-9)
+    geometry = cost_rank_correlation(torch.cat(feats), torch.cat(states))
+    metrics["eval/cost_rank_corr"], metrics["eval/cost_rank_corr_near"] = geometry["all"], geometry["near"]
     return metrics
 
 
