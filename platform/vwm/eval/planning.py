@@ -209,8 +209,7 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     from vwm.planning.episodes import held_out_env, load_episodes
     from vwm.raycluster import connect
     from vwm.tracking.registry import pin
-    from vwm.tracking.tracker import make_tracker
-    from vwm.train.launch import git_commit
+    from vwm.tracking.tracker import git_commit, make_tracker
 
     tracking_uri = _tracking_uri(cfg)
     manifest = model_manifest(cfg.model_uri, tracking_uri)

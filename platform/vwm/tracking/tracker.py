@@ -7,6 +7,7 @@ starts a run, ``attach_tracker`` logs into a run another process started, from i
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -202,3 +203,12 @@ def describe(handle: dict) -> list[str]:
     if handle.get("backend") == "jsonl":
         return [f"metrics: {handle['run_dir']}/metrics.jsonl"]
     return []
+
+
+def git_commit() -> str:
+    """The commit of the vwm checkout a run comes from (``unknown`` outside a git checkout): a run's provenance."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from vwm.config import TrainerConfig, TrainConfig, with_overrides
 from vwm.configfile import flatten, to_yaml
 from vwm.tracking.registry import make_registry
-from vwm.tracking.tracker import Tracker, attach_tracker, make_tracker
+from vwm.tracking.tracker import Tracker, attach_tracker, git_commit, make_tracker
 from vwm.train import checkpoint as ckpt
 from vwm.train.trainer import RunEnv, RunSummary, Trainer, resolve_device, seed_everything
 
@@ -70,14 +69,6 @@ def run_name(cfg: TrainConfig, resume: bool) -> str:
         n += 1
         name = f"{stamp}-{n}"
     return name
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def open_run(cfg: TrainerConfig, *, kind: str, resume: bool, tags: dict[str, str] | None = None) -> Run:
