@@ -118,9 +118,28 @@ def evaluate_and_describe(cfg) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from vwm.config import EvalConfig
+def probe_and_describe(cfg) -> int:
+    """Probe frozen encoders against their controls (``vwm evaluate probe`` and ``jobs/evaluate_probe.py``);
+    an encoder that cannot be probed, or labels that cannot be read, exit 2 before any task starts."""
+    from vwm.data.shards import DataSourceError
+    from vwm.eval.probe_job import ProbeError, describe_rows, run_probe_eval
+    from vwm.tracking.tracker import describe
 
+    try:
+        result = run_probe_eval(cfg)
+    except (ProbeError, DataSourceError, FileNotFoundError) as e:
+        print(f"vwm: {e}", file=sys.stderr)
+        return 2
+    print(describe_rows(result.rows))
+    print("\n".join([f"run folder: {result.run_dir}", *describe(result.tracker)]))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from vwm.config import EvalConfig, ProbeEvalConfig
+
+    if args.what == "probe":
+        return probe_and_describe(load_or_exit(args, ProbeEvalConfig))
     return evaluate_and_describe(load_or_exit(args, EvalConfig))
 
 
@@ -201,9 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("posttrain", help="action-conditioned post-training (V-JEPA 2-AC) on trajectory shards")
     add_training_args(p)
     p.set_defaults(func=_posttrain)
-    p = sub.add_parser("evaluate", help="plan toward held-out goals with a post-trained world model on Ray actors, "
-                                        "beside random actions and CEM on the true simulator")
-    p.add_argument("what", nargs="?", choices=["plan"], default="plan", help="what to evaluate (default: plan)")
+    p = sub.add_parser("evaluate", help="plan: plan toward held-out goals with a post-trained world model on Ray "
+                                        "actors, beside random actions and CEM on the true simulator; probe: "
+                                        "linear and attentive probes of frozen encoders beside random-init and pixels")
+    p.add_argument("what", nargs="?", choices=["plan", "probe"], default="plan",
+                   help="what to evaluate (default: plan)")
     add_config_args(p)
     p.set_defaults(func=_evaluate)
     p = sub.add_parser("sweep", help="Ray Tune sweep over a pretrain config (every trial a TorchTrainer run)")

@@ -1,6 +1,7 @@
-"""The planning evaluator end to end: a vjepa-ac world model registered in a real ``mlflow server``, 2 Ray
+"""The evaluators end to end. Planning: a vjepa-ac world model registered in a real ``mlflow server``, 2 Ray
 actors that load it by alias and play held-out TwoRooms episodes with CEM through the model, random actions
-and CEM on the true simulator; the driver logs a parent run with a child run per planner."""
+and CEM on the true simulator; the driver logs a parent run with a child run per planner. Probes: a tiny
+registered encoder beside its controls, a Ray task per (encoder, probe), one MLflow run."""
 
 from __future__ import annotations
 
@@ -77,3 +78,43 @@ def test_evaluator_plans_on_two_actors_and_logs_to_mlflow(tmp_path, ray_cluster,
     with pytest.raises(EvalError, match="'vjepa' world model, which cannot plan"):
         run_evaluation(cfg.model_copy(update={"model_uri": "models:/vwm-test-jepa-eval@candidate"}), progress=False)
     assert len(client.search_runs([parent.info.experiment_id])) == runs_before
+
+
+def test_probe_job_runs_pairs_as_ray_tasks_and_logs_to_mlflow(tmp_path, ray_cluster, mlflow_server):
+    from vwm.config import ProbeEvalConfig
+    from vwm.eval.probe_job import ProbeError, run_probe_eval
+    from vwm.models.artifact import module_state, write_artifact
+    from vwm.models.jepa import build_models
+
+    model_cfg = ModelConfig(preset="debug", dim=32, depth=1, heads=2)
+    jepa, target = build_models(model_cfg, 4, 32, 2)
+    folder = write_artifact(tmp_path / "jepa", kind="vjepa", model_config=model_cfg, frames=4, crop=32,
+                            weights={"encoder": module_state(target), "predictor": module_state(jepa.predictor)},
+                            extras={"num_mask_sets": 2})
+    assert _register(tmp_path, mlflow_server, folder, "vwm-test-probe") == "models:/vwm-test-probe/1"
+    cfg = ProbeEvalConfig.model_validate({
+        "name": "probe_test", "encoders": [{"name": "tiny", "uri": "models:/vwm-test-probe@candidate"}],
+        "targets": ["direction", "position"],
+        "data": {"clips": 48, "synthetic": {"video_frames": 16, "height": 32, "width": 32}},
+        "attentive": {"steps": 20, "batch_size": 16}, "bootstrap": 100, "output_dir": str(tmp_path / "eval"),
+        "tasks": {"cpus_per_task": 0.5}, "tracking": {"backend": "mlflow", "tracking_uri": mlflow_server}})
+    result = run_probe_eval(cfg, progress=False)
+    assert [(r["target"], r["encoder"], r["probe"]) for r in result.rows[:6]] == [
+        ("direction", e, p) for e in ("tiny", "random", "pixels") for p in ("linear", "attentive")]
+    assert len(result.rows) == 12 and all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in result.rows)
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(result.tracker["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["pinned.tiny"] == "models:/vwm-test-probe/1"
+    m = run.data.metrics
+    for key in ("probe/direction/tiny/attentive/acc", "probe/position/random/linear/r2",
+                "probe/position/pixels/attentive/ci_high"):
+        assert key in m, key
+    assert {"probe_results.json", "probe.png", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    # a post-trained model has no video encoder of its own to probe: refused from its manifest alone
+    runs_before = len(client.search_runs([run.info.experiment_id]))
+    with pytest.raises(ProbeError, match="'vjepa-ac' model; probes read a pretrained video encoder"):
+        run_probe_eval(ProbeEvalConfig.model_validate({**cfg.model_dump(), "encoders": [
+            {"name": "ac", "uri": str(write_tiny_ac_model(tmp_path / "ac"))}]}), progress=False)
+    assert len(client.search_runs([run.info.experiment_id])) == runs_before

@@ -12,7 +12,8 @@ import pytest
 from vwm.config import ConfigError, EpisodesConfig, EvalConfig, ModelConfig, PlanConfig
 from vwm.configfile import load_config
 from vwm.envs import make_env
-from vwm.eval.planning import EvalError, check_model, model_manifest, planners, summarize, wilson
+from vwm.eval.planning import EvalError, check_model, model_manifest, planners, summarize
+from vwm.eval.stats import wilson
 from vwm.planning.episodes import held_out_env
 from vwm.planning.mpc import EpisodeRecord
 from tests.conftest import REPO, write_held_out, write_tiny_ac_model

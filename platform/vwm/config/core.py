@@ -223,13 +223,17 @@ class OptimConfig(_Strict):
 
 
 # ------------------------------------------------------------------------------------------ training
-SYNTHETIC_LABELS = ("direction", "num_objects")
+# what synthetic clips are labelled with (``clip_labels``): a class, or a regression target of so many values
+SYNTHETIC_TARGETS: dict[str, str | int] = {"direction": "class", "num_objects": "class", "speed": 1,
+                                           "velocity": 2, "position": 2}
 
 
 class ProbeConfig(_Strict):
-    """A linear probe on frozen target features at eval steps (``eval/probe_acc``): a labelled objective."""
+    """A linear probe on frozen target features at eval steps: ``eval/probe_acc`` for a class label,
+    ``eval/probe_r2`` for a regression target; a labelled objective for sweeps."""
 
-    label: str | None = Field(None, description="metadata key to classify; synthetic videos: direction, num_objects")
+    label: str | None = Field(None, description="what to probe; synthetic clips: direction, num_objects (classes), "
+                              "speed, velocity, position (regression); shards: a metadata key (a class)")
     paths: list[str] = Field(default_factory=list,
                              description="labelled videos or shards; empty: synthetic videos under a held-out seed")
     clips: int = Field(128, ge=8, description="labelled clips, one per video")
@@ -238,8 +242,8 @@ class ProbeConfig(_Strict):
 
     @model_validator(mode="after")
     def _label(self) -> ProbeConfig:
-        if self.label and not self.paths and self.label not in SYNTHETIC_LABELS:
-            raise ValueError(f"label {self.label!r}: synthetic probe videos carry {', '.join(SYNTHETIC_LABELS)}; "
+        if self.label and not self.paths and self.label not in SYNTHETIC_TARGETS:
+            raise ValueError(f"label {self.label!r}: synthetic probe videos carry {', '.join(SYNTHETIC_TARGETS)}; "
                              "set monitor.probe.paths to shards whose metadata has this key")
         return self
 

@@ -1,6 +1,10 @@
 """Procedural videos with real motion structure: objects with velocities that bounce off the walls and
 occlude each other. A video is a pure function of (seed, index), and positions follow a closed form
 (a reflected straight line), so any frame range renders without simulating from frame 0.
+
+The main object (index 0, whose labels probes read) is the largest, so it is identifiable in a frame with
+several objects; ``clip_labels`` reads its position and velocity at a clip's middle frame, after any
+bounces, which the video-level ``metadata`` (its initial direction) cannot.
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ class VideoSpec:
     velocity: np.ndarray  # (K, 2) pixels per frame
 
     def metadata(self) -> dict:
-        """Per-video labels usable by probes: object count, main object's direction and speed."""
+        """Per-video labels: object count, the main object's initial direction and its speed (a clip's own
+        direction can differ after a bounce: ``clip_labels``)."""
         vx, vy = (float(v) for v in self.velocity[0])
-        angle = math.atan2(vy, vx) % (2 * math.pi)
         return {
             "index": self.index,
             "num_objects": len(self.shapes),
-            "direction": _DIRECTIONS[int(((angle + math.pi / 4) % (2 * math.pi)) // (math.pi / 2))],
+            "direction": direction_class(vx, vy),
             "speed": round(math.hypot(vx, vy), 4),
         }
 
@@ -43,7 +47,7 @@ def video_spec(cfg: SyntheticConfig, seed: int, index: int) -> VideoSpec:
     rng = np.random.default_rng([seed, index, 0x5EED])
     k = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     side = min(cfg.height, cfg.width)
-    radii = rng.uniform(0.08, 0.18, size=k) * side
+    radii = np.sort(rng.uniform(0.08, 0.18, size=k))[::-1] * side  # the main object is the largest
     start = np.stack([rng.uniform(radii, cfg.width - radii), rng.uniform(radii, cfg.height - radii)], axis=1)
     angle = rng.uniform(0, 2 * math.pi, size=k)
     speed = rng.uniform(cfg.min_speed, cfg.max_speed, size=k)
@@ -62,6 +66,31 @@ def _reflect(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     span = hi - lo
     y = np.mod(x - lo, 2 * span)
     return lo + span - np.abs(y - span)
+
+
+def _reflect_slope(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """+1 where the triangle wave of ``_reflect`` rises at x, -1 where it falls (after an odd number of bounces)."""
+    return np.where(np.mod(x - lo, 2 * (hi - lo)) < hi - lo, 1.0, -1.0)
+
+
+def direction_class(vx: float, vy: float) -> str:
+    angle = math.atan2(vy, vx) % (2 * math.pi)
+    return _DIRECTIONS[int(((angle + math.pi / 4) % (2 * math.pi)) // (math.pi / 2))]
+
+
+def clip_labels(spec: VideoSpec, frame_idx: np.ndarray, height: int, width: int) -> dict:
+    """The main object's state at the middle of a clip of these frame indices: ``position`` (x, y as a
+    fraction of the frame), ``velocity`` (pixels per video frame, signed as it moves then), its
+    ``direction`` class and ``speed``; and ``num_objects``."""
+    t = float(np.mean(frame_idx))
+    r = spec.radii[0]
+    lo, hi = np.array([r, r]), np.array([width - r, height - r])
+    x_2 = spec.start[0] + spec.velocity[0] * t
+    pos_2 = _reflect(x_2, lo, hi)
+    vel_2 = spec.velocity[0] * _reflect_slope(x_2, lo, hi)
+    return {"num_objects": len(spec.shapes), "direction": direction_class(*vel_2),
+            "speed": float(np.hypot(*vel_2)), "velocity": [float(v) for v in vel_2],
+            "position": [float(pos_2[0] / width), float(pos_2[1] / height)]}
 
 
 def render(spec: VideoSpec, frame_idx: np.ndarray, height: int, width: int) -> np.ndarray:

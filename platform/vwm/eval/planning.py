@@ -13,7 +13,6 @@ a few episode videos (observation beside goal), and on the parent a summary tabl
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from vwm.config import EvalConfig, PlanConfig
+from vwm.eval.stats import wilson
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,6 @@ VIDEO_SCALE = 4  # 64x64 frames are too small to watch
 
 class EvalError(ValueError):
     """A model or protocol that cannot be evaluated; the message says what to pass instead."""
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a success rate (95% at z = 1.96); sound at 0 or n successes."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def label(plan: PlanConfig) -> str:
@@ -187,17 +177,6 @@ class EvalResult:
     tracker: dict  # the parent run's handle
 
 
-def _tracking_uri(cfg: EvalConfig) -> str | None:
-    """The MLflow URI the actors load the model with: resolved here, since they may run on other nodes."""
-    from vwm.tracking.registry import REMOTE_SCHEMES
-
-    if cfg.tracking.backend != "mlflow" and not cfg.model_uri.startswith(REMOTE_SCHEMES):
-        return None
-    from vwm.tracking.mlflow import resolve_tracking_uri
-
-    return resolve_tracking_uri(cfg.tracking)
-
-
 def run_evaluation(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     """Every planner of ``planners(cfg)`` on the same ``cfg.episodes.count`` episodes; see the module doc."""
     import ray
@@ -208,10 +187,10 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     from vwm.envs import make_env
     from vwm.planning.episodes import held_out_env, load_episodes
     from vwm.raycluster import connect
-    from vwm.tracking.registry import pin
+    from vwm.tracking.registry import pin, workers_tracking_uri
     from vwm.tracking.tracker import git_commit, make_tracker
 
-    tracking_uri = _tracking_uri(cfg)
+    tracking_uri = workers_tracking_uri(cfg.tracking, [cfg.model_uri])
     manifest = model_manifest(cfg.model_uri, tracking_uri)
     env_name, env_kwargs = held_out_env(cfg.episodes)
     env = make_env(env_name, **env_kwargs)

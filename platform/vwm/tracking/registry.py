@@ -44,6 +44,16 @@ def local_path(uri: str | Path, tracking_uri: str | None = None) -> Path:
     return path
 
 
+def workers_tracking_uri(cfg: TrackingConfig, uris: list[str]) -> str | None:
+    """The MLflow URI that workers load models with, resolved on the driver since they may run on other
+    nodes; None where neither the run logs to MLflow nor any model URI lives there."""
+    if cfg.backend != "mlflow" and not any(str(u).startswith(REMOTE_SCHEMES) for u in uris):
+        return None
+    from vwm.tracking.mlflow import resolve_tracking_uri
+
+    return resolve_tracking_uri(cfg)
+
+
 def pin(uri: str, tracking_uri: str | None = None) -> str:
     """A registry alias resolved to the exact version it names now; folders and ``runs:/`` unchanged."""
     if str(uri).startswith("models:/"):
