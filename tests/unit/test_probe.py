@@ -192,3 +192,24 @@ def test_probe_config_errors_say_how_to_fix():
         load_config(probe_debug, ["encoders=[random]"], ProbeEvalConfig)
     plain = ProbeEvalConfig.model_validate({"encoders": ["outputs/some/world_model"]})
     assert plain.encoders[0].name == "outputs/some/world_model"
+
+
+def test_learning_bench_verdicts_and_config():
+    from vwm.config import BenchLearningConfig
+    from vwm.eval.learning_bench import bar_verdicts, rankme_verdict
+
+    bench = load_config(REPO / "configs" / "bench" / "learning.yaml", model=BenchLearningConfig)
+    assert bench.probe.config == "configs/eval/probe_debug.yaml" and bench.budget_minutes == 30
+
+    def row(target, encoder, value, lo, hi, control):
+        return {"target": target, "encoder": encoder, "probe": "attentive", "metric": "acc", "value": value,
+                "ci_low": lo, "ci_high": hi, "control": control}
+
+    rows = [row("direction", "pretrained", 0.85, 0.81, 0.89, False), row("direction", "random", 0.5, 0.45, 0.55, True),
+            row("velocity", "pretrained", 0.75, 0.6, 0.8, False), row("velocity", "pixels", 0.5, 0.4, 0.65, True)]
+    (_, direction_ok), (_, velocity_ok) = bar_verdicts(rows, bench, "pretrained")
+    assert direction_ok and not velocity_ok  # 0.75 >= 0.70, but its interval overlaps the pixels'
+    ok, text = rankme_verdict([(0, 37.0), (10, 30.0), (50, 24.0), (90, 25.0)], warmup=10, keep=0.9)
+    assert not ok and "30.0 at step 10" in text and "lowest 24.0" in text
+    assert rankme_verdict([(10, 30.0), (50, 29.0)], warmup=10, keep=0.9)[0]
+    assert rankme_verdict([(50, 29.0)], warmup=10, keep=0.9)[0] is None

@@ -19,5 +19,6 @@ from vwm.config.world import (  # noqa: F401
     ActorsConfig, EvalConfig, BenchStage, BenchPlanModel, BenchPlanConfig,
 )
 from vwm.config.probe import (  # noqa: F401
-    EncoderSpec, LabelledDataConfig, AttentiveProbeConfig, ProbeTasksConfig, ProbeEvalConfig, CONTROLS,
+    EncoderSpec, LabelledDataConfig, AttentiveProbeConfig, ProbeTasksConfig, ProbeEvalConfig, CONTROLS, LearningBars,
+    BenchLearningConfig,
 )

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from vwm.config.core import SYNTHETIC_TARGETS, SyntheticConfig, TrackingConfig, _Strict, one_path
+from vwm.config.world import BenchStage
 
 CONTROLS = ("random", "pixels")
 
@@ -92,3 +93,26 @@ class ProbeEvalConfig(_Strict):
                 raise ValueError(f"targets {bad}: synthetic clips carry {', '.join(SYNTHETIC_TARGETS)}; "
                                  "set data.source to shards or csv for other labels")
         return self
+
+
+class LearningBars(_Strict):
+    """What the pretrained encoder's attentive probe must reach, each interval clear of every control's."""
+
+    direction_acc: float = Field(0.80, ge=0, le=1)
+    velocity_r2: float = Field(0.70, le=1)
+    rankme_keep: float = Field(0.9, ge=0, description="held-out RankMe at the end >= this x its first value after "
+                               "warmup (it does not trend down)")
+
+
+class BenchLearningConfig(_Strict):
+    """``jobs/bench_learning.py``: pretrain on synthetic physics videos within a CPU budget, then probe the
+    encoder beside its random-init and pixel controls on held-out clips."""
+
+    out: str = "outputs/bench_learning"
+    pretrain: BenchStage = BenchStage(config="configs/pretrain/debug_cpu.yaml")
+    encoder_uri: str | None = Field(None, description="an existing encoder: skips pretraining")
+    local: bool = Field(True, description="pretrain in this process (no Ray Train workers); probes use Ray tasks")
+    probe: BenchStage = BenchStage(config="configs/eval/probe_debug.yaml")
+    bars: LearningBars = LearningBars()
+    budget_minutes: float = Field(30.0, gt=0, description="the pretraining's target wall time")
+    report: str | None = Field("docs/learning.md", description="markdown file whose bench_learning block is replaced")

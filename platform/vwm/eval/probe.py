@@ -137,7 +137,7 @@ class AttentiveProbe(nn.Module):
     def __init__(self, dim: int, outputs: int, heads: int):
         super().__init__()
         self.heads = heads if dim % heads == 0 else 1
-        self.query_D = nn.Parameter(torch.randn(dim) * 0.02)
+        self.query_D = nn.Parameter(torch.randn(dim))  # unit scale: a 0.02-scale query leaves attention uniform
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
