@@ -141,6 +141,7 @@ def run_probe_eval(cfg: ProbeEvalConfig, *, progress: bool = True) -> ProbeResul
         raise ProbeError(f"data.train_fraction {cfg.data.train_fraction} of {len(data.sources)} clips leaves no "
                          "train or no test clips; give more clips or another fraction")
 
+    connect()  # before the run opens: a cluster that cannot be reached leaves no run behind
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output_dir).resolve() / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +152,6 @@ def run_probe_eval(cfg: ProbeEvalConfig, *, progress: bool = True) -> ProbeResul
                         "clips.train": n_train, "clips.test": len(data.sources) - n_train})
     tracker.log_artifact(run_dir / "config.yaml")
 
-    connect()
     t = cfg.tasks
     task = ray.remote(num_cpus=t.cpus_per_task, num_gpus=t.gpus_per_task)(probe_task)
     device = "cuda" if t.gpus_per_task > 0 else "cpu"
@@ -159,10 +159,9 @@ def run_probe_eval(cfg: ProbeEvalConfig, *, progress: bool = True) -> ProbeResul
     pairs = {task.remote(e, p, clips_ref, data.targets, n_train, cfg.model_dump(mode="json"), tracking_uri,
                          max(1, round(t.cpus_per_task)), device): (e["name"], p)
              for e in encoders for p in cfg.probes}
-    rows, status = [], "FAILED"
+    rows, status, pending = [], "FAILED", list(pairs)
     bar = tqdm(total=len(pairs), unit="probe", disable=not progress, desc="probe")
     try:
-        pending = list(pairs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             rows.extend(ray.get(done[0]))
@@ -179,6 +178,8 @@ def run_probe_eval(cfg: ProbeEvalConfig, *, progress: bool = True) -> ProbeResul
         raise
     finally:
         bar.close()
+        for ref in pending:  # a failed or interrupted job leaves no probe running on the cluster
+            ray.cancel(ref, force=True)
         tracker.close(status)
     return ProbeResult(name, run_dir, rows, tracker.handle())
 
