@@ -55,10 +55,18 @@ for i in $(seq 1 60); do
 done
 [ -n "$ready" ] || { echo "the Ray job server accepted no job; see $DIR/probe.log" >&2; exit 1; }
 
+# the token file is the cluster's only key: readable by its owner alone
+[ -f "$HOME/.ray/auth_token" ] && chmod 600 "$HOME/.ray/auth_token"
+
+# Ray's job CLI and `vwm submit` take the dashboard's http address (RAY_API_SERVER_ADDRESS, read first);
+# a driver on this host (`vwm pretrain`) attaches through the GCS address (RAY_ADDRESS)
 cat > "$DIR/env.sh" <<ENV
-export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
+export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
+export RAY_ADDRESS=127.0.0.1:$RAY_PORT
 export RAY_AUTH_MODE=token
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 ENV
-echo "Ray head (token auth) and MLflow are up. For the job CLI: source $DIR/env.sh, then"
-echo "  ray job submit --runtime-env cluster/runtime_env.yaml -- $PYTHON jobs/pretrain.py --config configs/pretrain/debug_cpu.yaml"
+echo "Ray head (token auth) and MLflow are up. Then:"
+echo "  source $DIR/env.sh"
+echo "  vwm submit pretrain --config configs/pretrain/debug_cpu.yaml --set train.output_dir=\$PWD/outputs \\"
+echo "    --set dist.storage_path=\$PWD/outputs/ray --set tracking.backend=mlflow --follow"

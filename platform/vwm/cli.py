@@ -211,6 +211,40 @@ def _data_collect(args: argparse.Namespace) -> int:
     return collect_and_describe(load_or_exit(args, CollectConfig))
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from vwm.submit import main as submit_main
+
+    return submit_main(args)
+
+
+def add_submit_parser(sub) -> None:
+    p = sub.add_parser("submit", help="run a job on a Ray cluster through Ray Jobs; the config is validated here "
+                                      "first. List and stop jobs with Ray's own `ray job list|stop|logs`",
+                       description="Validate the config here, refuse paths a cluster cannot share, then submit "
+                                   "`python -m vwm.cli VERB ...` with the working folder and the vwm package "
+                                   "shipped. Example: vwm submit pretrain -c configs/pretrain/debug_cpu.yaml "
+                                   "--set train.output_dir=/mnt/shared/vwm --set dist.storage_path=s3://b/ray "
+                                   "--follow")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    for verb, what in [("pretrain", None), ("posttrain", None), ("sweep", None), ("evaluate", ["plan", "probe"]),
+                       ("data", ["collect"])]:
+        v = verbs.add_parser(verb, help=f"submit `vwm {verb}`")
+        if what:
+            v.add_argument("what", nargs="?" if verb == "evaluate" else None, choices=what, default=what[0])
+        add_config_args(v)
+        if verb in ("pretrain", "posttrain"):
+            v.add_argument("--resume", action="store_true", help="continue the newest run of this name")
+        v.add_argument("--address", help="the head's Ray Jobs address, http://HEAD:8265; default: "
+                                         "$RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS")
+        v.add_argument("--follow", action="store_true", help="stream the job's logs; exit with its status")
+        v.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+        v.add_argument("--working-dir", default=None,
+                       help="folder shipped as the job's working folder (configs, jobs); default: this folder")
+        v.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                       help="a non-secret variable for the job (secrets belong in the cluster's environment)")
+        v.set_defaults(func=_submit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vwm", description="video world models: JEPA pretraining on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("collect", help="roll out env episodes with scripted policies into trajectory shards")
     add_config_args(p)
     p.set_defaults(func=_data_collect)
+    add_submit_parser(sub)
     p = sub.add_parser("config", help="print the resolved config (defaults, file, overrides) as YAML")
     add_config_args(p)
     p.set_defaults(func=_config_show)

@@ -1,9 +1,8 @@
-"""`ray job submit` of the pretraining job against a token-authenticated Ray head started by
+"""`vwm submit` of the pretraining job against a token-authenticated Ray head started by
 cluster/local/start.sh, tracking to the MLflow server it started; stopped by pid with stop.sh."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,15 @@ from tests.integration.conftest import MLFLOW_NO_JOBS, free_port
 pytestmark = pytest.mark.slow
 
 
-def test_ray_job_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path, ray_cluster):
+def read_env_sh(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        out[name] = value
+    return out
+
+
+def test_vwm_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path, ray_cluster):
     # ray_cluster: the suite's embedded Ray runs beside the head, as it does in CI
     bin_dir = str(Path(sys.executable).parent)
     ports = {"RAY_PORT": free_port(), "DASHBOARD_PORT": free_port(), "MLFLOW_PORT": free_port(),
@@ -26,36 +33,60 @@ def test_ray_job_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path,
     env = {**os.environ, "VWM_CLUSTER_DIR": str(tmp_path / "cluster"), "PYTHON": sys.executable, "NUM_CPUS": "2",
            "PATH": bin_dir + os.pathsep + os.environ["PATH"], **{k: str(v) for k, v in ports.items()},
            **MLFLOW_NO_JOBS}
-    env.pop("RAY_ADDRESS", None)
-    address = f"http://127.0.0.1:{ports['DASHBOARD_PORT']}"
-    mlflow_uri = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    vwm = [f"{bin_dir}/vwm", "submit", "pretrain", "--config", "configs/pretrain/debug_cpu.yaml",
+           # one worker: submission, auth and tracking are under test here; 2-rank training is elsewhere
+           "--set", "train.steps=2", "--set", "train.checkpoint_every=2", "--set", "data.batch_size=4",
+           "--set", "dist.num_workers=1", "--set", f"train.output_dir={tmp_path}/out",
+           "--set", f"dist.storage_path={tmp_path}/ray", "--set", "tracking.backend=mlflow",
+           "--set", "tracking.experiment=ray-jobs"]
     try:
         subprocess.run(["bash", "cluster/local/start.sh"], cwd=REPO, env=env, check=True, timeout=240)
-        # without the token the job server refuses
-        no_token = {**env, "HOME": str(tmp_path / "nohome"), "RAY_AUTH_MODE": "token"}
-        refused = subprocess.run([f"{bin_dir}/ray", "job", "list", "--address", address], env=no_token,
-                                 capture_output=True, text=True, timeout=120)
-        assert refused.returncode != 0
-        job = subprocess.run(
-            [f"{bin_dir}/ray", "job", "submit", "--address", address, "--working-dir", ".",
-             "--runtime-env", "cluster/runtime_env.yaml", "--",
-             "python", "jobs/pretrain.py", "--config", "configs/pretrain/debug_cpu.yaml",
-             # one worker: submission, auth and tracking are under test here; 2-rank training is elsewhere
-             "--set", "train.steps=2", "--set", "train.checkpoint_every=2", "--set", "data.batch_size=4",
-             "--set", "dist.num_workers=1",
-             "--set", f"train.output_dir={tmp_path}/out", "--set", f"dist.storage_path={tmp_path}/ray",
-             "--set", "tracking.backend=mlflow", "--set", f"tracking.tracking_uri={mlflow_uri}",
-             "--set", "tracking.experiment=ray-jobs"],
-            cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
+        cluster_env = {**env, **read_env_sh(tmp_path / "cluster" / "env.sh")}
+        address, mlflow_uri = cluster_env["RAY_API_SERVER_ADDRESS"], cluster_env["MLFLOW_TRACKING_URI"]
+        assert cluster_env["RAY_ADDRESS"] == f"127.0.0.1:{ports['RAY_PORT']}"  # the GCS address, for drivers
+
+        # a bad key is refused here, before any request (the job list below holds one vwm job)
+        bad = subprocess.run([*vwm, "--set", "train.stepz=3"], cwd=REPO, env=cluster_env, capture_output=True,
+                             text=True, timeout=120)
+        assert bad.returncode == 2 and "train.stepz" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+        # a relative output folder would vanish with Ray's temporary working folder: refused
+        relative = subprocess.run([*vwm, "--set", "train.output_dir=outputs"], cwd=REPO, env=cluster_env,
+                                  capture_output=True, text=True, timeout=120)
+        assert relative.returncode == 2 and "train.output_dir=outputs is relative" in relative.stderr
+        # without the token the job server refuses, and vwm says what to do
+        no_token = {**cluster_env, "HOME": str(tmp_path / "nohome")}
+        refused = subprocess.run(vwm, cwd=REPO, env=no_token, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "token" in refused.stderr, refused.stderr[-2000:]
+
+        # MLFLOW_TRACKING_URI comes from env.sh and reaches the job through its runtime env
+        job = subprocess.run([*vwm, "--follow"], cwd=REPO, env=cluster_env, capture_output=True, text=True,
+                             timeout=600)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-        assert "succeeded" in (job.stdout + job.stderr).lower()
-        assert "registered models:/vwm-jepa/1 (alias candidate)" in job.stdout
+        assert "SUCCEEDED" in job.stdout
+        assert "registered models:/vwm-jepa/1 (alias candidate)" in job.stdout  # the driver's log, followed
+
+        from ray.job_submission import JobSubmissionClient
+
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:
+            jobs = [j for j in JobSubmissionClient(address).list_jobs()
+                    if (j.submission_id or "").startswith("vwm-pretrain-")]
+        finally:
+            os.environ.pop("RAY_AUTH_MODE")
+        assert len(jobs) == 1 and jobs[0].entrypoint.startswith("python -m vwm.cli pretrain --config "
+                                                                "configs/pretrain/debug_cpu.yaml")
+        assert jobs[0].runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == mlflow_uri
+        assert jobs[0].runtime_env["py_modules"]  # the package ships: an image without vwm runs the job
+
         client = MlflowClient(mlflow_uri)
         runs = client.search_runs([client.get_experiment_by_name("ray-jobs").experiment_id])
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         # the job's driver attached to the head (RAY_ADDRESS), it did not start an embedded cluster
         assert runs[0].data.tags["ray_address"] and not runs[0].data.tags["ray_address"].startswith("local:")
         assert client.get_metric_history(runs[0].info.run_id, "train/loss")
+        assert (tmp_path / "out").is_dir()  # the run folder is where the config said, not in Ray's temp folder
     finally:
         subprocess.run(["bash", "cluster/local/stop.sh"], cwd=REPO, env=env, timeout=120)
     assert not (tmp_path / "cluster" / "ray.pid").exists()
