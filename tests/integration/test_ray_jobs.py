@@ -47,7 +47,7 @@ def test_vwm_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path, ray
         address, mlflow_uri = cluster_env["RAY_API_SERVER_ADDRESS"], cluster_env["MLFLOW_TRACKING_URI"]
         assert cluster_env["RAY_ADDRESS"] == f"127.0.0.1:{ports['RAY_PORT']}"  # the GCS address, for drivers
 
-        # a bad key is refused here, before any request (the job list below holds one vwm job)
+        # a bad key is refused here, before any request (the job list below holds the two jobs sent)
         bad = subprocess.run([*vwm, "--set", "train.stepz=3"], cwd=REPO, env=cluster_env, capture_output=True,
                              text=True, timeout=120)
         assert bad.returncode == 2 and "train.stepz" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
@@ -59,6 +59,11 @@ def test_vwm_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path, ray
         no_token = {**cluster_env, "HOME": str(tmp_path / "nohome")}
         refused = subprocess.run(vwm, cwd=REPO, env=no_token, capture_output=True, text=True, timeout=120)
         assert refused.returncode == 2 and "token" in refused.stderr, refused.stderr[-2000:]
+
+        # data that exists only where the job runs is checked there: the driver's exit code comes back
+        missing = subprocess.run([*vwm, "--set", "data.source=shards", "--set", f"data.paths=[{tmp_path}/none]"],
+                                 cwd=REPO, env=cluster_env, capture_output=True, text=True, timeout=300)
+        assert missing.returncode == 2 and "FAILED" in missing.stdout, missing.stdout[-2000:]
 
         # MLFLOW_TRACKING_URI comes from env.sh and reaches the job through its runtime env
         job = subprocess.run([*vwm, "--follow"], cwd=REPO, env=cluster_env, capture_output=True, text=True,
@@ -75,14 +80,18 @@ def test_vwm_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path, ray
                     if (j.submission_id or "").startswith("vwm-pretrain-")]
         finally:
             os.environ.pop("RAY_AUTH_MODE")
-        assert len(jobs) == 1 and jobs[0].entrypoint.startswith("python -m vwm.cli pretrain --config "
-                                                                "configs/pretrain/debug_cpu.yaml")
-        assert jobs[0].runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == mlflow_uri
-        assert jobs[0].runtime_env["py_modules"]  # the package ships: an image without vwm runs the job
+        assert sorted(j.status for j in jobs) == ["FAILED", "SUCCEEDED"]  # the refused ones never left here
+        ok = next(j for j in jobs if j.status == "SUCCEEDED")
+        assert ok.entrypoint.startswith("python -m vwm.cli pretrain --config configs/pretrain/debug_cpu.yaml")
+        assert ok.runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == mlflow_uri
+        assert ok.runtime_env["py_modules"]  # the package ships: an image without vwm runs the job
 
         client = MlflowClient(mlflow_uri)
-        runs = client.search_runs([client.get_experiment_by_name("ray-jobs").experiment_id])
-        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        runs = client.search_runs([client.get_experiment_by_name("ray-jobs").experiment_id],
+                                  order_by=["attributes.start_time DESC"])
+        # the job that found no data ended its run as FAILED, with the reason; none is left RUNNING
+        assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
+        assert f"{tmp_path}/none" in runs[1].data.tags["error"]
         # the job's driver attached to the head (RAY_ADDRESS), it did not start an embedded cluster
         assert runs[0].data.tags["ray_address"] and not runs[0].data.tags["ray_address"].startswith("local:")
         assert client.get_metric_history(runs[0].info.run_id, "train/loss")
