@@ -36,16 +36,40 @@ def load_config(path: str | Path | list | tuple | None, overrides: list[str] | t
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a config with one would silently drop a setting."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one section",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        some = sorted(p.glob("*.yaml"))[:2]
+        raise ConfigError(f"config {path} is a folder; pass a YAML file"
+                          + (f" such as {', '.join(map(str, some))}" if some else ""))
     if not p.is_file():
         raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if raw is None:
+        raise ConfigError(f"{path} is empty: it would run the built-in defaults; start from a file in configs/")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections (data, model, ...)")
     return raw

@@ -76,6 +76,27 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(broken)
 
 
+@pytest.mark.parametrize("name, content, pattern", [
+    ("dup.yaml", b"train:\n  steps: 3\n  steps: 4\n", r"dup.yaml line 3: .*key 'steps' appears twice"),
+    ("latin1.yaml", b"train:\n  run_name: caf\xe9\n", r"latin1.yaml: not UTF-8 text \(byte 22\)"),
+    ("empty.yaml", b"", r"empty.yaml is empty: it would run the built-in defaults"),
+    ("comments.yaml", b"# nothing here\n", r"comments.yaml is empty"),
+])
+def test_files_that_would_load_silently_wrong_are_refused(tmp_path, name, content, pattern):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(tmp_path / name)
+
+
+def test_a_folder_as_config_and_booleans_for_numbers_are_refused():
+    with pytest.raises(ConfigError, match=r"config .*pretrain is a folder; pass a YAML file such as"):
+        load_config(REPO / "configs" / "pretrain")
+    for override in ("train.steps=true", "dist.cpus_per_worker=false", "train.eval_every=true"):
+        with pytest.raises(ConfigError, match=r"is a boolean where a number is expected"):
+            load_config(DEBUG_CONFIG, [override])
+    assert load_config(DEBUG_CONFIG, ["train.steps=7", "data.augment.hflip=0.0"]).train.steps == 7
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(DEBUG_CONFIG, ["model.depth=3"])
     path = tmp_path / "resolved.yaml"

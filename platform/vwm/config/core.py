@@ -9,6 +9,8 @@ names the file (or the ``--set`` override), the dotted key and what is allowed.
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,8 +29,26 @@ def one_path(data: Any) -> Any:
     return data
 
 
+def _numeric(annotation: Any) -> bool:
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and bool(args) and \
+        all(a in (int, float, type(None)) for a in args)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic reads true as 1: `train.steps=true` would silently train one step
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                if isinstance(data.get(name), bool) and _numeric(info.annotation):
+                    raise ValueError(f"{name}={str(data[name]).lower()} is a boolean where a number is expected")
+        return data
 
 
 # ----------------------------------------------------------------------------------------------- data
