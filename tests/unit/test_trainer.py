@@ -137,3 +137,44 @@ def test_moved_keys_say_where_they_went():
         load_config(DEBUG_CONFIG, ["train.monitor_every=5"])
     with pytest.raises(ConfigError, match=r"dist.use_gpu is gone: train.device"):
         load_config(DEBUG_CONFIG, ["dist.use_gpu=true"])
+
+
+class _Payload:
+    """What a crafted checkpoint file carries: unpickling it would run a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoint_files_load_as_plain_data_and_a_crafted_one_runs_nothing(tmp_path, caplog):
+    import pickle
+    import random
+
+    import numpy as np
+
+    engine = LocalEngine(torch.nn.Linear(3, 2), TrainerConfig().optim, torch.device("cpu"))
+    engine.module(torch.randn(4, 3)).sum().backward()
+    engine.step(lr=1e-3, wd=0.0)
+    engine.save(tmp_path)
+    other = LocalEngine(torch.nn.Linear(3, 2), TrainerConfig().optim, torch.device("cpu"))
+    other.load(tmp_path)  # weights only: model, optimizer state and the counter round-trip
+    assert other.micro == 1 and torch.equal(other.module.weight, engine.module.weight)
+    assert other.optimizer.state_dict()["state"][0]["step"] == engine.optimizer.state_dict()["state"][0]["step"]
+
+    np.random.seed(3)
+    random.seed(3)
+    torch.save(ckpt.rng_state(), tmp_path / "rng.pt")
+    expected = (np.random.rand(), random.random(), torch.rand(1))
+    ckpt.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (np.random.rand(), random.random(), torch.rand(1)) == expected
+
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Payload(marker)}, tmp_path / "engine.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        other.load(tmp_path)
+    assert not marker.exists()

@@ -13,7 +13,9 @@ under ``dist.storage_path/RUN_NAME/checkpoint_*`` (local or s3://).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Callable
@@ -26,6 +28,8 @@ _PREFIX = "step_"
 TASK_FILE = "task.pt"
 META_FILE = "meta.json"
 ARTIFACT_DIR = "world_model"
+
+log = logging.getLogger(__name__)
 
 
 def write_checkpoint(directory: Path, engine, task, *, rank: int, step: int, position, final: bool) -> None:
@@ -56,7 +60,12 @@ def read_checkpoint(directory: Path, engine, task, *, rank: int) -> tuple[int, t
     task.load_state_dict(torch.load(directory / TASK_FILE, map_location="cpu", weights_only=True))
     rng_file = directory / f"rng_rank{rank}.pt"
     if rng_file.is_file():  # absent when resuming on more ranks than saved: streams are keyed anyway
-        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+        try:
+            state = torch.load(rng_file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # numpy objects (older vwm) or anything worse: never unpickled
+            log.warning("%s holds more than plain tensors; this rank's RNG streams start fresh", rng_file)
+        else:
+            set_rng_state(state)
     meta = read_meta(directory)
     return meta["step"], meta["data_position"]["position"]
 
@@ -140,13 +149,17 @@ class LocalSink:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    """Plain tensors, ints and tuples only, so that reading it back never unpickles objects."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                       has_gauss, gauss),
+            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

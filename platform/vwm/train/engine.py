@@ -88,7 +88,7 @@ class LocalEngine:
                     "micro": self.micro}, Path(directory) / "engine.pt")
 
     def load(self, directory: Path) -> None:
-        state = torch.load(Path(directory) / "engine.pt", map_location="cpu", weights_only=False)
+        state = torch.load(Path(directory) / "engine.pt", map_location="cpu", weights_only=True)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.micro = state["micro"]
