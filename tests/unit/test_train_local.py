@@ -65,6 +65,17 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     torch.testing.assert_close(torch.tensor(rest.losses), torch.tensor(full.losses[6:]), rtol=0, atol=1e-5)
 
 
+def test_resuming_a_finished_run_says_so_and_trains_nothing(tmp_path, capsys):
+    from vwm.tasks.jepa import run_pretrain
+
+    cfg = _cfg(tmp_path, "train.steps=2")
+    first = run_pretrain(cfg, local=True)
+    again = run_pretrain(cfg, local=True, resume=True)
+    assert again.name == first.name and again.metrics == {"step": 2} and again.model_uri is None
+    assert f"run {first.name} is already at step 2 of train.steps=2: nothing to resume" in capsys.readouterr().out
+    assert [p.name for p in (first.run_dir / "checkpoints").iterdir()] == ["step_00000002"]
+
+
 def test_a_fresh_run_never_writes_into_an_earlier_one(tmp_path):
     a = run_local(_cfg(tmp_path, "train.steps=2"))
     b = run_local(_cfg(tmp_path, "train.steps=2"))

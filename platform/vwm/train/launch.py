@@ -105,6 +105,12 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
         if init_from is not None:
             tags["init_from"] = init_from.path
     run = open_run(cfg, kind=task_cls.kind, resume=resume, tags=tags)
+    done = _finished_step(run, local) if resume else None
+    if done is not None:
+        print(f"run {run.name} is already at step {done} of train.steps={cfg.train.steps}: nothing to resume "
+              "(raise train.steps to train it further)", flush=True)
+        run.tracker.close(status="FINISHED")
+        return TrainResult(run.name, run.dir, None, run.tracker.handle(), None, {"step": done})
     status = "FAILED"
     try:
         if local:
@@ -120,6 +126,14 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
     finally:
         run.tracker.close(status=status)
     return result
+
+
+def _finished_step(run: Run, local: bool) -> int | None:
+    """The newest checkpoint's step when it is the last one: resuming a finished run must not train again
+    (or register another model version)."""
+    root = str(run.dir / "checkpoints") if local else run_storage(run.cfg.dist.storage_path, run.name)
+    meta = ckpt.latest_meta(root)
+    return meta["step"] if meta and meta["step"] >= run.cfg.train.steps else None
 
 
 def _fit_local(run: Run, task_cls, *, resume: bool, stop_at: int | None, progress: bool) -> TrainResult:
