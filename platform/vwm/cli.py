@@ -56,6 +56,8 @@ def train_and_describe(run, cfg, *, local: bool, resume: bool) -> int:
     except (DataSourceError, ConfigError) as e:
         print(f"vwm: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the run said how to resume
+        return 130
     print(describe_result(result))
     return 0
 

@@ -112,3 +112,37 @@ def test_non_finite_losses_in_a_row_stop_the_run_with_a_clear_error(tmp_path, mo
 def test_gradient_accumulation_steps_once_per_k_micro_batches(tmp_path):
     s = run_local(_cfg(tmp_path, "train.steps=3", "optim.grad_accumulation=2"))
     assert s.final_step == 3 and len(s.losses) == 6  # 3 optimizer steps of 2 micro-batches
+
+
+def test_ctrl_c_marks_the_run_killed_says_how_to_resume_and_resume_clears_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    cmd = [sys.executable, "-m", "vwm.cli", "pretrain", "--local", "-c", str(DEBUG_CONFIG),
+           "--set", f"train.output_dir={tmp_path}", "--set", "train.device=cpu", "--set", "train.steps=2000",
+           "--set", "train.checkpoint_every=2", "--set", "train.log_every=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("*/checkpoints/step_*/meta.json")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-2000:]
+    assert "interrupted: run debug_cpu-" in out and "--resume" in out and "Traceback" not in out
+    run_dir = next(tmp_path.glob("debug_cpu-*"))
+    tags = json.loads((run_dir / "tags.json").read_text())
+    assert tags["status"] == "KILLED" and "interrupted" in tags and "error" not in tags
+    done = ckpt.latest_meta(str(run_dir / "checkpoints"))["step"]
+    # resumed (here with the schedule ending at the checkpoint, so nothing is left to train)
+    again = subprocess.run([*cmd[:-6], "--set", f"train.steps={done}", "--resume"], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and f"already at step {done}" in again.stdout, again.stdout[-2000:]
+    tags = json.loads((run_dir / "tags.json").read_text())
+    assert "interrupted" not in tags and tags["status"] == "FINISHED"

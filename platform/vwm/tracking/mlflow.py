@@ -69,8 +69,13 @@ class MLflowTracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    def set_tags(self, tags: dict[str, str | None]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
+        for k in [k for k, v in tags.items() if v is None]:
+            try:
+                self.client.delete_tag(self.run_id, k)
+            except mlflow.exceptions.MlflowException:  # not set: nothing to delete
+                pass
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)

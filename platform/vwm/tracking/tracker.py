@@ -17,7 +17,7 @@ from vwm.config import TrackingConfig
 class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def set_tags(self, tags: dict[str, str | None]) -> None: ...  # None deletes the tag
     def log_dict(self, data: dict | list, name: str) -> None: ...  # a JSON file in the run
     def log_table(self, rows: list[dict], name: str) -> None: ...  # rows of one schema, e.g. per-episode results
     def log_summary(self, metrics: dict[str, float]) -> None: ...  # final values of the run
@@ -89,7 +89,9 @@ class DictTracker(NoopTracker):
             self.metrics.setdefault(k, []).append((step, float(v)))
 
     def set_tags(self, tags):
-        self.tags.update({k: str(v) for k, v in tags.items()})
+        self.tags.update({k: str(v) for k, v in tags.items() if v is not None})
+        for k in [k for k, v in tags.items() if v is None]:
+            self.tags.pop(k, None)
 
     def log_dict(self, data, name):
         self.files[name] = json.loads(json.dumps(data, default=str))
@@ -122,8 +124,9 @@ class JsonlTracker(NoopTracker):
 
     def _update_json(self, name: str, values: dict) -> None:
         path = self.run_dir / name
-        current = json.loads(path.read_text()) if path.is_file() else {}
-        path.write_text(json.dumps({**current, **values}, indent=1, sort_keys=True, default=str))
+        current = {**(json.loads(path.read_text()) if path.is_file() else {}), **values}
+        path.write_text(json.dumps({k: v for k, v in current.items() if v is not None}, indent=1, sort_keys=True,
+                                   default=str))
 
     def log_params(self, params):
         self._update_json("params.json", params)

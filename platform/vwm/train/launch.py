@@ -82,6 +82,7 @@ def open_run(cfg: TrainerConfig, *, kind: str, resume: bool, tags: dict[str, str
     handle_file = run_dir / "tracker.json"
     if resume and handle_file.is_file():  # continue the same tracked run
         tracker = attach_tracker(cfg.tracking, json.loads(handle_file.read_text()), owner=True)
+        tracker.set_tags({"error": None, "interrupted": None})  # what ended the last attempt no longer holds
     else:
         tags = {"git_commit": provenance["git_commit"], "task": kind, "run_name": name, **(tags or {})}
         tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags=tags)
@@ -120,6 +121,12 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
                               init_from=init_from)
         run.tracker.log_summary({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
         status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; Ray Train's own SIGINT handler ends fit() with SystemExit
+        status = "KILLED"
+        run.tracker.set_tags({"interrupted": time.strftime("%Y-%m-%d %H:%M:%S")})
+        print(f"\ninterrupted: run {run.name} stopped; its checkpoints are kept. Continue it with the same "
+              "command and --resume", flush=True)
+        raise KeyboardInterrupt from None
     except BaseException as e:
         run.tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
         raise
