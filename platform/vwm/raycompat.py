@@ -4,6 +4,8 @@
   its trial by ASHA or PBT). Ray scopes such groups to the job and Train V2's own cleaner died on a GCS
   timeout here, so they held their CPUs until the sweep's driver exited. The public
   ``placement_group_table()`` leaves out who created a group, so the GCS table is read directly.
+- ``validate_launcher_config``: the cluster launcher's own schema check (``ray up`` runs it), which Ray
+  exposes only as ``ray.autoscaler._private.util``; the tests check ``cluster/launcher/*.yaml`` with it.
 - ``TrainToTune``: a Train ``UserCallback`` that hands each report, checkpoint included, to the trial's Tune
   function (``TuneReportCallback`` passes only the checkpoint's path, so PBT would have nothing to clone).
 """
@@ -66,3 +68,14 @@ class TrainToTune(UserCallback):
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         self.queue.put((dict(metrics[0]), checkpoint))
+
+
+def validate_launcher_config(config: dict) -> dict:
+    """Fill a cluster-launcher config with Ray's defaults as ``ray up`` does and check it against Ray's
+    schema; raises on a config ``ray up`` would refuse, returns the filled config."""
+    check_ray_version()
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    filled = prepare_config(config)
+    validate_config(filled)
+    return filled
