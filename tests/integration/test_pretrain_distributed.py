@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -15,8 +14,6 @@ import torch
 
 from vwm.config import with_overrides
 from vwm.configfile import load_config
-from vwm.models.jepa import build_models
-from vwm.train import checkpoint as ckpt
 from tests.conftest import DEBUG_CONFIG
 
 pytestmark = pytest.mark.slow
@@ -93,49 +90,6 @@ def _registered(snapshot: Path) -> bool:
         return bool(json.loads(snapshot.read_text())["checkpoint_results"])
     except (OSError, ValueError, KeyError):
         return False
-
-
-def _kill_a_worker_after_first_checkpoint(storage: Path, killed: list) -> None:
-    import psutil
-
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not killed:
-        # wait until Ray has registered a checkpoint, not merely started writing one
-        snapshots = list(storage.glob("*/checkpoint_manager_snapshot.json"))
-        if snapshots and _registered(snapshots[0]):
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if any("RayTrainWorker" in part for part in (proc.info["cmdline"] or [])):
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
-                    return
-        time.sleep(0.2)
-
-
-def test_killed_worker_restarts_from_latest_checkpoint_and_every_checkpoint_loads(tmp_path, ray_cluster):
-    from vwm.tasks.jepa import run_pretrain
-
-    cfg = _cfg(tmp_path, "train.steps=10", "train.checkpoint_every=2", "train.keep_checkpoints=3",
-               "dist.max_failures=2", "dist.checksum_every=4", "train.log_every=4")
-    killed: list[int] = []
-    watcher = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(tmp_path / "ray", killed))
-    watcher.start()
-    result = run_pretrain(cfg)
-    watcher.join()
-    assert killed, "no training worker was found to kill"
-    assert result.metrics["step"] == 10
-    run_dir = Path(result.checkpoint_path).parent
-    tracked = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"]
-    assert [c["metrics"]["step"] for c in tracked] == [6, 8, 10]
-    # every checkpoint folder left behind is complete and loads
-    _, target = build_models(cfg.model, cfg.data.frames, cfg.data.crop, len(cfg.mask.sets))
-    for d in sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir()):
-        target.load_state_dict(torch.load(d / "task.pt", weights_only=True)["target"])
-        meta = ckpt.read_meta(d)
-        assert meta["step"] % 2 == 0 and (d / "engine").is_dir() and (d / "rng_rank1.pt").is_file()
-    # the restarted workers resumed from a checkpoint: a restart from scratch would log step 0 again
-    steps = [json.loads(line)["step"] for line in (Path(cfg.train.output_dir) / result.name / "metrics.jsonl")
-             .read_text().splitlines()]
-    assert steps.count(0) == 1 and steps[-1] == 9
 
 
 def test_bench_train_job_reports_a_ratio(tmp_path, ray_cluster):
