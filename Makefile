@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test clean
+.PHONY: install quickstart test test-cluster clean
 
 # torch goes in first: the CPU wheel 2.13.0 unless a CUDA build is already importable (GPU nodes), so
 # that no later requirement pulls several GB of CUDA wheels.
@@ -26,6 +26,10 @@ quickstart: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# a head and two worker nodes on this machine, a node lost mid-run (4-5 minutes on 2 cores)
+test-cluster: install
+	$(BIN)/python -m pytest -m cluster
 
 clean:
 	rm -rf outputs .pytest_cache
