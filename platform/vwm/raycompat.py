@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import ray
+import yaml
 from ray.train import UserCallback
 
 log = logging.getLogger(__name__)
@@ -70,12 +72,15 @@ class TrainToTune(UserCallback):
         self.queue.put((dict(metrics[0]), checkpoint))
 
 
-def validate_launcher_config(config: dict) -> dict:
-    """Fill a cluster-launcher config with Ray's defaults as ``ray up`` does and check it against Ray's
-    schema; raises on a config ``ray up`` would refuse, returns the filled config."""
+def validate_launcher_config(config: dict | str | Path) -> dict:
+    """Fill a cluster-launcher config (a dict, or the path of its YAML) with Ray's defaults as ``ray up``
+    does and check it against Ray's schema; raises on a config ``ray up`` would refuse, returns the filled
+    config."""
     check_ray_version()
     from ray.autoscaler._private.util import prepare_config, validate_config
 
+    if not isinstance(config, dict):
+        config = yaml.safe_load(Path(config).read_text())
     filled = prepare_config(config)
     validate_config(filled)
     return filled
