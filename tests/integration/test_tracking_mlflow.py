@@ -152,3 +152,89 @@ def test_load_world_model_resolves_the_tracking_uri_as_training_does(tmp_path):
     assert load.returncode == 0, load.stderr[-3000:]
     assert "vjepa (1, 256, 96)" in load.stdout
     assert (tmp_path / "mlruns.db").is_file() and not (tmp_path / "mlflow.db").exists()
+
+
+class _AuthProxy:
+    """Basic auth in front of a real ``mlflow server`` (which has none): 401 without the right credentials,
+    otherwise the request is forwarded as it came."""
+
+    def __init__(self, upstream: str, user: str, password: str):
+        import base64
+        import http.server
+        import threading
+        import urllib.error
+        import urllib.request
+
+        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.denied = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                if self.headers.get("Authorization") != expected:
+                    proxy.denied += 1
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization")}
+                req = urllib.request.Request(upstream + self.path, data=body or None, headers=headers,
+                                             method=self.command)
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        status, data, rh = r.status, r.read(), r.headers
+                except urllib.error.HTTPError as e:
+                    status, data, rh = e.code, e.read(), e.headers
+                self.send_response(status)
+                for k, v in rh.items():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_credentials_in_the_tracking_uri_reach_the_server_and_nothing_else(tmp_path, mlflow_server):
+    """A password in MLFLOW_TRACKING_URI authenticates every request (through MLflow's own variables) and
+    appears in no printed line, run file, param, tag or logged config."""
+    import os
+    import subprocess
+    import sys
+
+    secret = "s3cr3t-Pw"
+    proxy = _AuthProxy(mlflow_server, "alice", secret)
+    try:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://alice:{secret}@127.0.0.1:{proxy.port}"}
+        train = subprocess.run([sys.executable, "-m", "vwm.cli", "pretrain", "--local", "-c",
+                                str(REPO / "configs" / "pretrain" / "debug_cpu.yaml"), "--set", "train.steps=2",
+                                "--set", "tracking.backend=mlflow", "--set", "tracking.experiment=vwm-secrets",
+                                "--set", "tracking.register_as=vwm-secrets", "--set", f"train.output_dir={tmp_path}"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert train.returncode == 0, train.stderr[-3000:]
+        assert "model: models:/vwm-secrets/" in train.stdout and proxy.denied == 0
+    finally:
+        proxy.close()
+    assert secret not in train.stdout + train.stderr
+    assert "***@" not in train.stdout  # the URI printed is the plain one, its credentials moved out of it
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    client = MlflowClient(mlflow_server)
+    run = client.search_runs([client.get_experiment_by_name("vwm-secrets").experiment_id])[0]
+    assert not [k for k, v in {**run.data.params, **run.data.tags}.items() if secret in v]
+    logged = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml",
+                                                 tracking_uri=mlflow_server, dst_path=str(tmp_path / "dl"))
+    assert secret not in open(logged).read()

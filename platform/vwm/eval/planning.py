@@ -187,9 +187,11 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     from vwm.envs import make_env
     from vwm.planning.episodes import held_out_env, load_episodes
     from vwm.raycluster import connect
+    from vwm.tracking.credentials import redact, secure_config
     from vwm.tracking.registry import pin, workers_tracking_uri
     from vwm.tracking.tracker import git_commit, make_tracker
 
+    cfg = secure_config(cfg)  # credentials in the tracking URI move to the environment, before Ray starts
     tracking_uri = workers_tracking_uri(cfg.tracking, [cfg.model_uri])
     manifest = model_manifest(cfg.model_uri, tracking_uri)
     env_name, env_kwargs = held_out_env(cfg.episodes)
@@ -202,7 +204,7 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output_dir).resolve() / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    (run_dir / "config.yaml").write_text(redact(to_yaml(cfg)))
     tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags={
         "task": "plan_eval", "run_name": name, "git_commit": git_commit(), "model_uri": model_uri, "env": env_name})
     tracker.log_params({**flatten(cfg), "model_uri_pinned": model_uri, "model_parent_uri": manifest.get("parent_uri")})

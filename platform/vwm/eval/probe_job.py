@@ -126,9 +126,11 @@ def run_probe_eval(cfg: ProbeEvalConfig, *, progress: bool = True) -> ProbeResul
     from vwm.configfile import flatten, to_yaml
     from vwm.eval.labelled import labelled_clips
     from vwm.raycluster import connect
+    from vwm.tracking.credentials import redact, secure_config
     from vwm.tracking.registry import pin, workers_tracking_uri
     from vwm.tracking.tracker import git_commit, make_tracker
 
+    cfg = secure_config(cfg)  # credentials in the tracking URI move to the environment, before Ray starts
     tracking_uri = workers_tracking_uri(cfg.tracking, [e.uri for e in cfg.encoders])
     manifests = [encoder_manifest(e.uri, tracking_uri) for e in cfg.encoders]
     encoders = [{"name": e.name, "kind": "model", "uri": pin(e.uri, tracking_uri), "manifest": m}
@@ -145,7 +147,7 @@ def run_probe_eval(cfg: ProbeEvalConfig, *, progress: bool = True) -> ProbeResul
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output_dir).resolve() / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    (run_dir / "config.yaml").write_text(redact(to_yaml(cfg)))
     tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags={"task": "probe_eval", "run_name": name,
                                                                        "git_commit": git_commit()})
     tracker.log_params({**flatten(cfg), **{f"pinned.{e['name']}": e["uri"] for e in encoders if e["uri"]},

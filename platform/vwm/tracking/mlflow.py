@@ -20,6 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from vwm.config import TrackingConfig
+from vwm.tracking.credentials import redact, secure_tracking_env
 
 log = logging.getLogger(__name__)
 _BATCH = 500  # MLflow's log_batch limit for metrics
@@ -27,8 +28,9 @@ _FLUSH_S = 2.0
 
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
-    """Config, else $MLFLOW_TRACKING_URI, else ``sqlite:///mlruns.db`` made absolute (workers run elsewhere)."""
-    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    """Config, else $MLFLOW_TRACKING_URI, else ``sqlite:///mlruns.db`` made absolute (workers run elsewhere);
+    a user and password in the URI move to MLflow's environment variables (vwm.tracking.credentials)."""
+    uri = secure_tracking_env(cfg.tracking_uri) or "sqlite:///mlruns.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     return uri
@@ -40,7 +42,7 @@ class MLflowTracker:
     def __init__(self, cfg: TrackingConfig, *, run_name: str | None = None, run_id: str | None = None,
                  tags: dict[str, str] | None = None, tracking_uri: str | None = None):
         self.cfg = cfg
-        self.uri = tracking_uri or resolve_tracking_uri(cfg)
+        self.uri = secure_tracking_env(tracking_uri) if tracking_uri else resolve_tracking_uri(cfg)
         # short HTTP retries: the flusher thread retries on its own schedule and must not hang on a dead server
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -65,12 +67,13 @@ class MLflowTracker:
         return {"backend": "mlflow", "tracking_uri": self.uri, "run_id": self.run_id}
 
     def log_params(self, params: dict[str, Any]) -> None:
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def set_tags(self, tags: dict[str, str | None]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()
+                                                   if v is not None])
         for k in [k for k, v in tags.items() if v is None]:
             try:
                 self.client.delete_tag(self.run_id, k)
@@ -146,11 +149,11 @@ class MLflowTracker:
                 self._pending = batch + self._pending
             if self._failing_since is None:
                 self._failing_since = time.monotonic()
-                log.warning("MLflow server %s unreachable (%s); metrics are kept and retried", self.uri,
+                log.warning("MLflow server %s unreachable (%s); metrics are kept and retried", redact(self.uri),
                             type(e).__name__)
             return False
         if self._failing_since is not None:
-            log.warning("MLflow server %s is back after %.0f s; sending buffered metrics", self.uri,
+            log.warning("MLflow server %s is back after %.0f s; sending buffered metrics", redact(self.uri),
                         time.monotonic() - self._failing_since)
             self._failing_since = None
         return True
@@ -169,7 +172,8 @@ class MLflowTracker:
             if not self._flush():
                 time.sleep(1.0)
         if self._pending:
-            log.error("MLflow: %d metric values could not be sent to %s", len(self._pending), self.uri)
+            log.error("MLflow: %d metric values could not be sent to %s", len(self._pending),
+                      redact(self.uri))
         if self.owns_run:
             self.client.set_terminated(self.run_id, status=status)
 
@@ -178,7 +182,7 @@ class MLflowRegistry:
     """The model registry of an MLflow server: versions of a named model, each with an alias."""
 
     def __init__(self, cfg: TrackingConfig, tracking_uri: str | None = None):
-        self.uri = tracking_uri or resolve_tracking_uri(cfg)
+        self.uri = secure_tracking_env(tracking_uri) if tracking_uri else resolve_tracking_uri(cfg)
         self.client = MlflowClient(self.uri)
 
     def register(self, handle: dict, directory: str | Path, name: str, alias: str | None = None,
@@ -232,7 +236,8 @@ def _artifact_uri(uri: str, tracking: str) -> tuple[str, str]:
 def pin_model_uri(uri: str, tracking_uri: str | None = None) -> str:
     """``models:/NAME@ALIAS`` as the exact ``models:/NAME/VERSION`` it names now (other URIs unchanged), so
     that processes loading it later load the same version even if the alias moves."""
-    return _artifact_uri(uri, tracking_uri or resolve_tracking_uri(TrackingConfig()))[1]
+    tracking = secure_tracking_env(tracking_uri) if tracking_uri else resolve_tracking_uri(TrackingConfig())
+    return _artifact_uri(uri, tracking)[1]
 
 
 def download_artifacts(uri: str, tracking_uri: str | None = None, member: str | None = None) -> Path:
@@ -244,7 +249,7 @@ def download_artifacts(uri: str, tracking_uri: str | None = None, member: str | 
     MLflow reserves the alias ``latest``; ``models:/NAME@latest`` and ``models:/NAME/latest`` give the
     newest version.
     """
-    tracking = tracking_uri or resolve_tracking_uri(TrackingConfig())
+    tracking = secure_tracking_env(tracking_uri) if tracking_uri else resolve_tracking_uri(TrackingConfig())
     source, _ = _artifact_uri(uri, tracking)
     if member:
         source = f"{source.rstrip('/')}/{member}"

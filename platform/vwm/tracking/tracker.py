@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vwm.config import TrackingConfig
+from vwm.tracking.credentials import redact
 
 
 class Tracker(Protocol):
@@ -201,8 +202,8 @@ def nested_under(parent: dict) -> dict[str, str]:
 def describe(handle: dict) -> list[str]:
     """Lines telling a person where a run's records are."""
     if handle.get("backend") == "mlflow":
-        return [f"MLflow run {handle['run_id']} at {handle['tracking_uri']}",
-                f"browse it: mlflow ui --backend-store-uri {handle['tracking_uri']}"]
+        uri = redact(handle["tracking_uri"])
+        return [f"MLflow run {handle['run_id']} at {uri}", f"browse it: mlflow ui --backend-store-uri {uri}"]
     if handle.get("backend") == "jsonl":
         return [f"metrics: {handle['run_dir']}/metrics.jsonl"]
     return []

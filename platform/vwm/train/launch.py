@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vwm.config import TrainerConfig, TrainConfig, with_overrides
 from vwm.configfile import flatten, to_yaml
+from vwm.tracking.credentials import redact, redact_all, secure_config
 from vwm.tracking.registry import make_registry
 from vwm.tracking.tracker import Tracker, attach_tracker, git_commit, make_tracker
 from vwm.train import checkpoint as ckpt
@@ -77,7 +78,7 @@ def open_run(cfg: TrainerConfig, *, kind: str, resume: bool, tags: dict[str, str
     cfg = with_overrides(cfg, {"train.run_name": name})
     run_dir = Path(cfg.train.output_dir).resolve() / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    (run_dir / "config.yaml").write_text(redact(to_yaml(cfg)))
     provenance = {"git_commit": git_commit()}
     handle_file = run_dir / "tracker.json"
     if resume and handle_file.is_file():  # continue the same tracked run
@@ -86,9 +87,9 @@ def open_run(cfg: TrainerConfig, *, kind: str, resume: bool, tags: dict[str, str
     else:
         tags = {"git_commit": provenance["git_commit"], "task": kind, "run_name": name, **(tags or {})}
         tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags=tags)
-        tracker.log_params(flatten(cfg))
+        tracker.log_params(redact_all(flatten(cfg)))
         tracker.log_artifact(run_dir / "config.yaml")
-        handle_file.write_text(json.dumps(tracker.handle()))
+        handle_file.write_text(json.dumps(redact_all(tracker.handle())))
     return Run(name, run_dir, cfg, tracker, provenance)
 
 
@@ -98,6 +99,7 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
     """Train ``task_cls`` on ``cfg``. ``stop_at`` ends this invocation after that many steps (as a preemption
     would), schedules still laid out over ``train.steps``; ``resume=True`` continues the newest run of the
     name. ``init_from`` (Ray only) starts a fresh run from another run's checkpoint (PBT's clones)."""
+    cfg = secure_config(cfg)  # before Ray starts: its workers inherit the environment the credentials move to
     if not local:
         from vwm.raycluster import connect
 

@@ -24,6 +24,7 @@ from vwm.config import ConfigError, PretrainConfig, with_overrides
 from vwm.configfile import load_config, to_yaml
 from vwm.raycluster import connect
 from vwm.raycompat import TrainToTune, check_ray_version, remove_orphaned_groups
+from vwm.tracking.credentials import secure_config
 from vwm.tracking.tracker import make_tracker, nested_under
 from vwm.tune.space import SweepConfig, check_space, decode_sample, distribution, override, param_space
 
@@ -153,7 +154,8 @@ def _scheduler(sweep: SweepConfig):
 def run_sweep(sweep: SweepConfig) -> SweepResult:
     check_ray_version()
     check_space(sweep)  # unknown keys fail here, before any trial
-    base = load_config(sweep.base, sweep.overrides)
+    # credentials in the tracking URI move to the environment before Ray starts; base.yaml holds none
+    base = secure_config(load_config(sweep.base, sweep.overrides))
     if not base.train.eval_every and sweep.metric.startswith("eval/"):
         raise ConfigError(f"sweep {sweep.name}: metric {sweep.metric} needs train.eval_every in the base config")
     if sweep.scheduler.kind == "pbt" and base.train.checkpoint_every != base.train.eval_every:
