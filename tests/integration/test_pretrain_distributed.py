@@ -103,3 +103,17 @@ def test_bench_train_job_reports_a_ratio(tmp_path, ray_cluster):
     assert [r["what"] for r in rows] == ["bare PyTorch loop (1 process)", "Ray Train + DeepSpeed ZeRO-1, 1 worker"]
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and rows[1]["clips_per_s"] > 0
     assert "<!-- bench_train:start -->" in report.read_text()
+
+
+def test_workers_the_cluster_cannot_place_fail_at_once_before_the_run_opens(tmp_path, ray_cluster):
+    """8 x 0.5 CPU on the session's 2-CPU cluster: before the check Ray waited for the CPUs forever."""
+    from vwm.config import ConfigError
+    from vwm.tasks.jepa import run_pretrain
+
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=r"8 workers x 0.5 CPU do not fit .*room for 4.*dist.num_workers<=4"):
+        run_pretrain(_cfg(tmp_path, "dist.num_workers=8", "train.steps=2"))
+    assert time.monotonic() - t0 < 10
+    assert not (tmp_path / "out").exists()  # no run folder, no tracked run
+    with pytest.raises(ConfigError, match="room for 0"):
+        run_pretrain(_cfg(tmp_path, "dist.num_workers=1", "dist.cpus_per_worker=3", "train.steps=2"))

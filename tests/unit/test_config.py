@@ -149,3 +149,13 @@ def test_cli_names_the_missing_data_paths_of_a_recipe():
     proc = subprocess.run([sys.executable, "-m", "vwm.cli", "config", "-c", recipe,
                            "--set", "data.paths=[s3://bucket/videos/]"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and "s3://bucket/videos/" in proc.stdout, proc.stderr
+
+
+def test_worker_slots_count_per_node_and_skip_dead_nodes():
+    from vwm.raycluster import worker_slots
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 3.0, "GPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0}}, {"Alive": True, "Resources": {"CPU": 0.0}}]
+    assert worker_slots(nodes, 1.5, 0) == 3  # 1 + 2: CPUs do not pool across nodes
+    assert worker_slots(nodes, 0.5, 0) == 10
+    assert worker_slots(nodes, 1, 1) == 1

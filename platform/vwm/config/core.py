@@ -293,6 +293,10 @@ class DistConfig(_Strict):
     cpus_per_worker: float = Field(0.5, gt=0, description="leave CPUs for Ray Data decode tasks")
     zero_stage: Literal[0, 1, 2, 3] = 1
     max_failures: int = Field(0, ge=-1, description="restarts from the latest checkpoint; -1: no limit")
+    start_retries: int = Field(2, ge=0, description="new attempts when the worker group fails to start (Ray gives "
+                               "each $RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default), then the run fails")
+    wait_for_nodes_s: float = Field(0, ge=0, description="an autoscaling cluster: wait this long for nodes that fit "
+                                    "the workers; 0: the workers must fit the nodes the cluster has now")
     storage_path: str = Field("outputs/ray", description="local folder or s3://bucket/prefix for checkpoints")
     checksum_every: int = Field(50, ge=1, description="compare EMA replicas' checksums across ranks")
     dataset_epochs: int | None = Field(None, ge=1, description="passes over the shards; default: enough for steps")

@@ -101,9 +101,12 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
     name. ``init_from`` (Ray only) starts a fresh run from another run's checkpoint (PBT's clones)."""
     cfg = secure_config(cfg)  # before Ray starts: its workers inherit the environment the credentials move to
     if not local:
-        from vwm.raycluster import connect
+        from vwm.raycluster import check_capacity, connect
 
-        tags = {"ray_address": connect(), "workers": str(cfg.dist.num_workers),
+        address = connect()
+        d = cfg.dist  # before the run opens: workers that cannot be placed would wait forever
+        check_capacity(d.num_workers, d.cpus_per_worker, 1 if _use_gpu(cfg.train.device) else 0, d.wait_for_nodes_s)
+        tags = {"ray_address": address, "workers": str(cfg.dist.num_workers),
                 "zero_stage": str(cfg.dist.zero_stage), **(tags or {})}
         if init_from is not None:
             tags["init_from"] = init_from.path
@@ -201,7 +204,8 @@ def _fit_ray(run: Run, task_cls, *, resume: bool, stop_at: int | None, callbacks
         scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=_use_gpu(cfg.train.device),
                                      resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
         run_config=RayRunConfig(name=run.name, storage_path=storage_root(cfg.dist.storage_path),
-                                failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
+                                failure_config=FailureConfig(max_failures=cfg.dist.max_failures,
+                                                             controller_failure_limit=cfg.dist.start_retries),
                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                                 callbacks=callbacks),
         datasets={"train": dataset} if dataset is not None else {},
