@@ -81,6 +81,9 @@ def test_run_stopped_with_checkpoints_on_s3_resumes_from_there_and_matches_an_un
                                                                          for p in fs.ls(ckpt_dir)}
     rest = run_pretrain(with_overrides(cfg, {"train.run_name": first.name}), resume=True)
     assert rest.name == first.name and rest.metrics["step"] == 8
+    rows = [json.loads(line) for line in (tmp_path / "out" / first.name / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == list(range(8))
+    assert [(r["step"], r["train/restarts"]) for r in rows if "train/restarts" in r] == [(4, 1)]
     # the uninterrupted run: same config, stage 1, local checkpoints
     assert _loss(rest) == pytest.approx(_loss(zero_runs[1]), abs=1e-5)
 

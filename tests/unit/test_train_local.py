@@ -65,6 +65,35 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     torch.testing.assert_close(torch.tensor(rest.losses), torch.tensor(full.losses[6:]), rtol=0, atol=1e-5)
 
 
+def test_a_restart_after_a_kill_logs_each_step_once_counts_the_restart_and_clears_the_half_save(tmp_path):
+    cfg = _cfg(tmp_path, "train.steps=8", "train.checkpoint_every=4", "train.log_every=1")
+    first = run_local(cfg, stop_at=6)
+    # as if killed while saving after step 6: its checkpoint unfinished, steps 4-5 (0-based) already logged
+    done = first.run_dir / "checkpoints" / "step_00000006"
+    done.rename(first.run_dir / "checkpoints" / ".tmp-step_00000006-4242")
+    rest = run_local(cfg, resume=True)
+    assert rest.start_step == 4
+    rows = [json.loads(line) for line in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
+    loss_steps = [r["step"] for r in rows if "train/loss" in r]
+    assert loss_steps == list(range(8)), loss_steps  # one point per step: the redone 4-5 not logged twice
+    logged = {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+    torch.testing.assert_close(torch.tensor([logged[4], logged[5]]), torch.tensor(rest.losses[:2]), rtol=0,
+                               atol=1e-5)  # the redo computed what the killed attempt had logged
+    assert [(r["step"], r["train/restarts"]) for r in rows if "train/restarts" in r] == [(4, 1)]
+    assert not list((first.run_dir / "checkpoints").glob(".tmp-*"))
+    assert [p.name for p in ckpt.list_checkpoints(first.run_dir / "checkpoints")][-1] == "step_00000008"
+
+
+def test_prune_removes_only_checkpoints_ray_did_not_register(tmp_path):
+    for name in ("checkpoint_000001", "checkpoint_000002", "checkpoint_000003", "other"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text("{}")
+    deleted = ckpt.prune_unregistered(str(tmp_path), [str(tmp_path / "checkpoint_000002"),
+                                                      str(tmp_path / "checkpoint_000003") + "/"])
+    assert sorted(p.rsplit("/", 1)[-1] for p in deleted) == ["checkpoint_000001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002", "checkpoint_000003", "other"]
+
+
 def test_resuming_a_finished_run_says_so_and_trains_nothing(tmp_path, capsys):
     from vwm.tasks.jepa import run_pretrain
 

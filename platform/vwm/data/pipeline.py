@@ -77,9 +77,18 @@ class SkipLedger:
         return list(self.entries)
 
 
+_held_ledgers: dict[tuple[str, str], object] = {}
+
+
 def skip_ledger(name: str):
-    """The ledger actor of that name, created on first use and found by name afterwards (from any worker)."""
-    return SkipLedger.options(name=name, namespace="vwm", get_if_exists=True).remote()
+    """The ledger actor of that name, created on first use and found by name afterwards (from any worker).
+    This process keeps its handle for as long as it is attached to the cluster: a run resumed in the same
+    process would otherwise be handed, by name, the earlier run's ledger while Ray is still tearing it down
+    (its last handle just went away), and count into an actor that dies under it."""
+    key = (ray.get_runtime_context().get_job_id(), name)
+    if key not in _held_ledgers:
+        _held_ledgers[key] = SkipLedger.options(name=name, namespace="vwm", get_if_exists=True).remote()
+    return _held_ledgers[key]
 
 
 def run_ledger(run_name: str):

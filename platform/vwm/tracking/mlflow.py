@@ -92,6 +92,15 @@ class MLflowTracker:
         while self._pending and time.monotonic() < deadline and self._flush():
             pass
 
+    def last_point(self, name: str) -> tuple[int, float] | None:
+        """What the server holds (None when it cannot be asked: the caller then logs as if nothing were)."""
+        try:
+            history = self.client.get_metric_history(self.run_id, name)
+        except Exception as e:  # server down: not worth failing a run over
+            log.warning("MLflow server %s: could not read %s back (%s)", redact(self.uri), name, type(e).__name__)
+            return None
+        return max(((m.step, m.value) for m in history), default=None)
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():

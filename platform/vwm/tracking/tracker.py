@@ -27,6 +27,7 @@ class Tracker(Protocol):
     def end_stopped_children(self, failed: set[str]) -> int: ...  # children left running: ended as KILLED
     def close(self, status: str = "FINISHED") -> None: ...
     def flush(self) -> None: ...  # send buffered metrics now
+    def last_point(self, name: str) -> tuple[int, float] | None: ...  # (step, value) of the highest step logged
     def handle(self) -> dict: ...  # what a worker process needs to log into the same run
 
 
@@ -65,6 +66,9 @@ class NoopTracker:
 
     def flush(self):
         pass
+
+    def last_point(self, name):
+        return None
 
     def handle(self):
         return {"backend": "none"}
@@ -109,6 +113,10 @@ class DictTracker(NoopTracker):
 
     def close(self, status="FINISHED"):
         self.status = status
+
+    def last_point(self, name):
+        points = self.metrics.get(name)
+        return max(points) if points else None
 
     def handle(self):
         return {"backend": "dict", "run_name": self.run_name}
@@ -160,6 +168,18 @@ class JsonlTracker(NoopTracker):
 
     def flush(self):
         self._metrics.flush()
+
+    def last_point(self, name):
+        best = None
+        path = self.run_dir / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by a killed process
+                continue
+            if name in record and (best is None or record["step"] >= best[0]):
+                best = (int(record["step"]), float(record[name]))
+        return best
 
     def handle(self):
         return {"backend": "jsonl", "run_dir": str(self.run_dir)}

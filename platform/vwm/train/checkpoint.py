@@ -6,8 +6,9 @@ A checkpoint folder holds the engine's state (``engine.pt``, or DeepSpeed's per-
 name), and in the run's final checkpoint the world-model artifact under ``world_model/``.
 
 In-process runs keep checkpoints under ``RUN_DIR/checkpoints/step_XXXXXXXX``, written to a temporary folder
-and renamed into place (complete or absent). Distributed runs hand the same folder to Ray, which stores it
-under ``dist.storage_path/RUN_NAME/checkpoint_*`` (local or s3://).
+beside them and renamed into place (complete or absent). Distributed runs write each rank's part under
+``RUN_DIR/.tmp/.tmp-rank{R}`` and hand it to Ray, which stores it under ``dist.storage_path/RUN_NAME/checkpoint_*``
+(local or s3://). Temporary folders a killed save left are removed when the run restarts.
 """
 
 from __future__ import annotations
@@ -119,6 +120,39 @@ def save_local(root: str | Path, step: int, keep: int, write: Callable[[Path], N
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def sweep_temp(root: str | Path, pattern: str = ".tmp-*") -> int:
+    """Remove the temporary folders a killed save left under ``root`` (``pattern``); returns how many."""
+    root = Path(root)
+    stale = [p for p in root.glob(pattern) if p.is_dir()] if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    if stale:
+        log.info("removed %d unfinished checkpoint folder(s) under %s", len(stale), root)
+    return len(stale)
+
+
+def prune_unregistered(root: str, registered: list[str]) -> list[str]:
+    """Delete the ``checkpoint_*`` folders of a distributed run's storage (local or a Ray storage URI) that
+    Ray's checkpoint manager does not hold (``registered``: their paths): a worker killed between a
+    checkpoint's upload and its registration leaves one that Ray never prunes. Returns what was deleted."""
+    import pyarrow.fs as pafs
+
+    if "://" in root:
+        fs, path = pafs.FileSystem.from_uri(root)
+    else:
+        fs, path = pafs.LocalFileSystem(), str(Path(root).resolve())
+    keep = {p.rstrip("/").rsplit("/", 1)[-1] for p in registered}
+    deleted = []
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        name = info.path.rsplit("/", 1)[-1]
+        if info.type == pafs.FileType.Directory and name.startswith("checkpoint_") and name not in keep:
+            fs.delete_dir(info.path)
+            deleted.append(info.path)
+    if deleted:
+        log.info("pruned %d checkpoint folder(s) Ray did not register: %s", len(deleted), ", ".join(deleted))
+    return deleted
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:

@@ -35,23 +35,42 @@ class RaySink:
     """Every rank writes its part into a local folder and reports it; Ray merges the ranks' files into one
     checkpoint in the run's storage (local or s3://) and keeps the newest ``train.keep_checkpoints``."""
 
-    def __init__(self, engine, task, *, rank: int, total_steps: int):
+    def __init__(self, engine, task, *, rank: int, total_steps: int, tmp_root: Path):
         self.engine, self.task, self.rank, self.total_steps = engine, task, rank, total_steps
+        self.tmp = tmp_root / f".tmp-rank{rank}"
+        # what this rank's save of an earlier attempt, killed midway, left behind (its own folder only:
+        # the other ranks may already be writing theirs)
+        ckpt.sweep_temp(tmp_root, self.tmp.name)
 
     def save(self, done: int, position, metrics: dict) -> None:
         position = earliest_position(position)
-        tmp = Path(tempfile.mkdtemp(prefix="vwm-ckpt-"))
-        d = tmp / f"step_{done:08d}"
+        d = self.tmp / f"step_{done:08d}"
         try:
             ckpt.write_checkpoint(d, self.engine, self.task, rank=self.rank, step=done, position=position,
                                   final=done == self.total_steps)
             ray.train.report({"step": done, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(self.tmp, ignore_errors=True)
         return None
 
     def report(self, done: int, metrics: dict) -> None:
         ray.train.report(metrics)
+
+
+def temp_root(cfg, rank: int) -> Path:
+    """Where this rank writes its part of a checkpoint before Ray uploads it: the run's folder (``.tmp``), or
+    on a node that cannot write there, a folder of the run in the system's temporary folder. Either way the
+    same place on every attempt, so a restart finds and removes what a killed save left."""
+    root = Path(cfg.train.output_dir).resolve() / cfg.train.run_name / ".tmp"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".probe-rank{rank}"
+        probe.touch()
+        probe.unlink()
+    except OSError:
+        root = Path(tempfile.gettempdir()) / f"vwm-{cfg.train.run_name}"
+        root.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -84,8 +103,10 @@ def train_loop_per_worker(config: dict) -> None:
     batches, skipped_videos = task.batches(start_step * acc, position, shard)
     tracker = attach_tracker(cfg.tracking, config["tracker"]) if rank == 0 else NoopTracker()
     env = RunEnv(rank=rank, device=device, autocast_dtype=autocast_dtype, tracker=tracker,
-                 sink=RaySink(engine, task, rank=rank, total_steps=cfg.train.steps), skipped_videos=skipped_videos,
-                 mean_across_ranks=all_reduce_mean, progress=False, name=cfg.train.run_name)
+                 sink=RaySink(engine, task, rank=rank, total_steps=cfg.train.steps, tmp_root=temp_root(cfg, rank)),
+                 skipped_videos=skipped_videos,
+                 mean_across_ranks=all_reduce_mean, progress=False, name=cfg.train.run_name,
+                 restored=checkpoint is not None and checkpoint is not config.get("init_from"))
     try:
         end = min(config.get("stop_at") or cfg.train.steps, cfg.train.steps)
         Trainer(cfg, task, engine, env).fit(batches, start_step=start_step, end_step=end)

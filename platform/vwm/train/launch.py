@@ -157,6 +157,7 @@ def _fit_local(run: Run, task_cls, *, resume: bool, stop_at: int | None, progres
 
     engine = LocalEngine(task.build(), cfg.optim, device)
     root = run.dir / "checkpoints"
+    ckpt.sweep_temp(root)  # a save killed midway left its temporary folder
     start_step, position = 0, None
     latest = ckpt.latest_checkpoint(root) if resume else None
     if latest is not None:
@@ -165,7 +166,7 @@ def _fit_local(run: Run, task_cls, *, resume: bool, stop_at: int | None, progres
     batches, skipped_videos = task.batches(start_step * cfg.optim.grad_accumulation, position, None)
     sink = ckpt.LocalSink(root, engine, task, keep=cfg.train.keep_checkpoints, total_steps=cfg.train.steps)
     env = RunEnv(rank=0, device=device, autocast_dtype=autocast_dtype, tracker=run.tracker, sink=sink,
-                 skipped_videos=skipped_videos, progress=progress, name=run.name)
+                 skipped_videos=skipped_videos, progress=progress, name=run.name, restored=latest is not None)
     end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
     summary = Trainer(cfg, task, engine, env, run_dir=run.dir).fit(batches, start_step=start_step, end_step=end)
     model_uri = _publish(run, summary.last_checkpoint, str(summary.last_checkpoint))
@@ -211,6 +212,10 @@ def _fit_ray(run: Run, task_cls, *, resume: bool, stop_at: int | None, callbacks
         datasets={"train": dataset} if dataset is not None else {},
     )
     result = trainer.fit()
+    registered = [c.path for c, _ in result.best_checkpoints or []] + ([result.checkpoint.path] if result.checkpoint
+                                                                       else [])
+    if registered:
+        ckpt.prune_unregistered(run_storage(cfg.dist.storage_path, run.name), registered)
     if result.error is not None:
         raise result.error
     model_uri = None

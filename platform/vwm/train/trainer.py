@@ -95,6 +95,7 @@ class RunEnv:
     mean_across_ranks: Callable[[float], float] = lambda x: x
     progress: bool = True
     name: str = "run"
+    restored: bool = False  # continuing this run from its own checkpoint (a restart or --resume)
 
 
 @dataclass
@@ -150,6 +151,7 @@ class Trainer:
         summary = RunSummary(self.run_dir, start_step, start_step)
         bar = tqdm(total=t.steps, initial=start_step, disable=not (env.progress and env.rank == 0), desc=env.name,
                    dynamic_ncols=True)
+        logged_until = self._note_restart(start_step) if env.restored and env.rank == 0 else -1
         for micro in range(start_step * acc, end_step * acc):
             t0 = time.perf_counter()
             batch = next(batches)
@@ -167,7 +169,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{out.loss:.4f}", lr=f"{out.lr:.2e}")
             self._t_data = self._t_step = 0.0
             reported = self._run_hooks(info, metrics, summary)
-            if env.rank == 0 and metrics:
+            if env.rank == 0 and metrics and info.step > logged_until:
                 env.tracker.log_metrics(metrics, info.step)
             if env.rank == 0 and (reported or info.done % t.checkpoint_every == 0):
                 env.tracker.flush()  # a report follows, after which a scheduler may stop this trial
@@ -180,6 +182,15 @@ class Trainer:
             bar.update(1)
         bar.close()
         return summary
+
+    def _note_restart(self, start_step: int) -> int:
+        """A restored run redoes the steps after its checkpoint, which the last attempt may have logged: those
+        points stay and the redone steps are not logged again (one point per step; the redo computes the same
+        values). Counts the restart as ``train/restarts``. Returns the last step already logged."""
+        tracker = self.env.tracker
+        last, restarts = tracker.last_point("train/loss"), tracker.last_point("train/restarts")
+        tracker.log_metrics({"train/restarts": (restarts[1] if restarts else 0) + 1}, start_step)
+        return last[0] if last else -1
 
     def _micro_step(self, batch, step: int) -> _Micro:
         """One micro-batch of optimizer step ``step`` (counted here, never taken from the batch)."""
