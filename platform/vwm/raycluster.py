@@ -64,6 +64,6 @@ def check_capacity(num_workers: int, cpus: float, gpus: float = 0, wait_s: float
     need = f"{num_workers} workers x {cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
     has = f"{len(alive)} node(s) with {total_cpu:g} CPU" + (f" and {total_gpu:g} GPU" if gpus else "")
     fix = (f"set dist.num_workers<={slots} or lower dist.cpus_per_worker" if slots
-           else "lower dist.cpus_per_worker" + (" or add GPU nodes" if gpus else ""))
+           else "lower dist.cpus_per_worker" + (", add GPU nodes or set train.device=cpu" if gpus else ""))
     raise ConfigError(f"dist: {need} do not fit the cluster ({has}: room for {slots}); {fix}, or on an "
                       "autoscaling cluster set dist.wait_for_nodes_s to wait for more nodes")

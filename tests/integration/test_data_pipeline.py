@@ -172,6 +172,28 @@ def test_missing_bucket_and_empty_prefix_fail_at_start_naming_them(s3_bucket):
         list_sources([f"s3://{bucket}/empty"], endpoint)
 
 
+def test_checkpoint_storage_that_cannot_be_used_fails_before_the_cluster_says_why(s3_bucket, tmp_path):
+    from vwm.config import ConfigError
+    from vwm.configfile import load_config
+    from vwm.tasks.jepa import run_pretrain
+    from tests.conftest import DEBUG_CONFIG
+    from tests.integration.conftest import free_port
+
+    endpoint, bucket = s3_bucket
+    host = endpoint.removeprefix("http://")
+
+    def start(storage):
+        return run_pretrain(load_config(DEBUG_CONFIG, [f"train.output_dir={tmp_path}/out", "train.device=cpu",
+                                                       f"dist.storage_path={storage}", "tracking.backend=jsonl"]))
+
+    with pytest.raises(ConfigError, match=r"dist.storage_path=s3://no-such-bucket/runs.*bucket 'no-such-bucket' "
+                                          r"does not exist"):
+        start(f"s3://no-such-bucket/runs?endpoint_override={host}&scheme=http")
+    with pytest.raises(ConfigError, match=r"endpoint does not answer"):
+        start(f"s3://{bucket}/runs?endpoint_override=127.0.0.1:{free_port()}&scheme=http")
+    assert not list((tmp_path / "out").glob("*"))
+
+
 def test_pipeline_feeds_a_two_worker_ray_train_loop(local_shards, tmp_path):
     import ray.train
     from ray.train import RunConfig, ScalingConfig

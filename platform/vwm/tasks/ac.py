@@ -70,6 +70,19 @@ class ACTask:
         self.target: FrameEncoder | None = None  # frozen encoder, or the EMA target of the online one
         self.last_z: torch.Tensor | None = None
 
+    @staticmethod
+    def check_inputs(cfg: PosttrainConfig) -> None:
+        """Before any cluster work: trajectory shards, held-out shards and an encoder folder are there."""
+        from vwm.data.shards import DataSourceError, list_sources
+
+        list_sources(cfg.data.paths, cfg.data.endpoint_url)
+        if cfg.monitor.heldout_paths:
+            list_sources(cfg.monitor.heldout_paths, cfg.data.endpoint_url)
+        uri = cfg.ac.encoder_uri
+        if ":/" not in uri and not Path(uri).expanduser().exists():
+            raise DataSourceError(f"ac.encoder_uri={uri}: no such folder; give a world_model folder, "
+                                  "runs:/RUN_ID/world_model or models:/vwm-jepa@ALIAS")
+
     # ---------------------------------------------------------------------------------------- model
     def _frame_encoder(self) -> FrameEncoder:
         p = self.parent.manifest

@@ -90,6 +90,14 @@ class JepaTask:
                        extras={"num_mask_sets": len(c.mask.sets)}, git_commit=self.provenance.get("git_commit"))
 
     # ----------------------------------------------------------------------------------------- data
+    @staticmethod
+    def check_inputs(cfg: PretrainConfig) -> None:
+        """Before any cluster work: the shards are there (DataSourceError names the path)."""
+        if cfg.data.source == "shards":
+            from vwm.data.shards import list_sources
+
+            list_sources(cfg.data.paths, cfg.data.endpoint_url)
+
     def batches(self, start_micro: int, position, shard) -> tuple[Iterator[Batch], callable]:
         """This rank's batches and a skipped-video counter. Synthetic: keyed by (seed, step, rank), resumed
         exactly. Shards: in-process, one Ray Data pipeline per epoch from ``position``; under Ray Train, this

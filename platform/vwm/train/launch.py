@@ -19,6 +19,7 @@ from vwm.tracking.credentials import redact, redact_all, secure_config
 from vwm.tracking.registry import make_registry
 from vwm.tracking.tracker import Tracker, attach_tracker, git_commit, make_tracker
 from vwm.train import checkpoint as ckpt
+from vwm.train.preflight import preflight
 from vwm.train.trainer import RunEnv, RunSummary, Trainer, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
     would), schedules still laid out over ``train.steps``; ``resume=True`` continues the newest run of the
     name. ``init_from`` (Ray only) starts a fresh run from another run's checkpoint (PBT's clones)."""
     cfg = secure_config(cfg)  # before Ray starts: its workers inherit the environment the credentials move to
+    preflight(cfg, task_cls, local=local)
     if not local:
         from vwm.raycluster import check_capacity, connect
 

@@ -67,6 +67,8 @@ class Task(Protocol):
 
     samples_per_batch: int
 
+    @staticmethod
+    def check_inputs(cfg) -> None: ...  # before any cluster work: raise naming a missing input
     def build(self) -> nn.Module: ...  # the trainable module (the engine's); frozen parts stay in the task
     def batches(self, start_micro: int, position, shard) -> tuple[Iterator, Callable[[], int]]: ...
     def loss(self, engine, batch, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
