@@ -76,6 +76,29 @@ def _posttrain(args: argparse.Namespace) -> int:
                               resume=args.resume)
 
 
+def _publish(args: argparse.Namespace) -> int:
+    """Finish what a tracking outage at a run's end left: unsent metrics, registration, the run's status."""
+    from pathlib import Path
+
+    from vwm.train.publish import PENDING_FILE, PublishError, complete
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "tracker.json").is_file():
+        print(f"vwm: {run_dir} is not a run folder (no tracker.json); give train.output_dir/RUN_NAME",
+              file=sys.stderr)
+        return 2
+    if not (run_dir / PENDING_FILE).is_file():
+        print(f"run {run_dir.name}: nothing left to publish")
+        return 0
+    try:
+        uri = complete(run_dir)
+    except PublishError as e:
+        print(f"vwm: {e}", file=sys.stderr)
+        return 1
+    print(f"run {run_dir.name}: published" + (f"; model: {uri}" if uri else ""))
+    return 0
+
+
 def describe_result(result) -> str:
     """What a person needs at the end of a run: where it stopped, where its records and model are."""
     from vwm.tracking.tracker import describe
@@ -285,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("collect", help="roll out env episodes with scripted policies into trajectory shards")
     add_config_args(p)
     p.set_defaults(func=_data_collect)
+    p = sub.add_parser("publish", help="send what a tracking outage at a run's end left undone: its unsent "
+                                       "metrics, the model's registration, the run's final status")
+    p.add_argument("run_dir", help="the run's folder, train.output_dir/RUN_NAME")
+    p.set_defaults(func=_publish)
     add_submit_parser(sub)
     p = sub.add_parser("config", help="print the resolved config (defaults, file, overrides) as YAML")
     add_config_args(p)

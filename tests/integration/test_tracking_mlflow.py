@@ -4,6 +4,7 @@ training unblocked while the server is down and delivers the metrics afterwards.
 
 from __future__ import annotations
 
+import json
 import time
 
 import mlflow
@@ -127,6 +128,56 @@ def test_tracker_survives_a_server_outage_and_delivers_metrics_afterwards(tmp_pa
         history = MlflowClient(uri).get_metric_history(tracker.run_id, "train/loss")
         assert sorted(m.step for m in history) == list(range(10))
     finally:
+        stop_pid(server)
+
+
+def test_an_outage_that_outlasts_the_run_loses_nothing_and_vwm_publish_finishes_it(tmp_path):
+    """The server is stopped (by pid) after the first checkpoint and stays down past the end: the run still
+    exits 0 within its publishing budget, keeps every unsent value and what is left to do in its folder, and
+    ``vwm publish`` completes the run once the server is back: every step's loss, the model registered once."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    server = start_mlflow(tmp_path / "srv", port)
+    uri = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "vwm.cli", "pretrain", "--local", "-c", str(REPO / "configs" / "pretrain" /
+           "debug_cpu.yaml"), "--set", "train.steps=60", "--set", "train.checkpoint_every=2", "--set",
+           "train.keep_checkpoints=1", "--set", "train.log_every=1", "--set", "tracking.backend=mlflow", "--set",
+           f"tracking.tracking_uri={uri}", "--set", "tracking.experiment=outlast", "--set",
+           "tracking.register_as=vwm-outlast", "--set", "tracking.publish_timeout_s=3", "--set",
+           f"train.output_dir={tmp_path}/out"]
+    publish = [sys.executable, "-m", "vwm.cli", "publish"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("out/*/checkpoints/step_*/meta.json")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop_pid(server)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+        assert "training is done and nothing is lost" in out and "vwm publish" in out and "Traceback" not in out
+        run_dir = next((tmp_path / "out").glob("debug_cpu-*"))
+        todo = json.loads((run_dir / "unpublished.json").read_text())
+        assert todo["status"] == "FINISHED" and todo["checkpoint"]["folder"] == "step_00000060"
+        assert (run_dir / "unsent_metrics.jsonl").read_text().count("train/loss") > 0
+        down = subprocess.run([*publish, str(run_dir)], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert down.returncode == 1 and "still unreachable" in down.stderr and "Traceback" not in down.stderr
+        assert (run_dir / "unpublished.json").is_file() and (run_dir / "unsent_metrics.jsonl").is_file()
+
+        server = start_mlflow(tmp_path / "srv", port)
+        up = subprocess.run([*publish, str(run_dir)], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0 and "model: models:/vwm-outlast/1" in up.stdout, up.stdout + up.stderr[-3000:]
+        assert not (run_dir / "unpublished.json").exists() and not (run_dir / "unsent_metrics.jsonl").exists()
+        client = MlflowClient(uri)
+        run = client.get_run(json.loads((run_dir / "tracker.json").read_text())["run_id"])
+        assert run.info.status == "FINISHED" and run.data.params["checkpoint.final"].endswith("step_00000060")
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == list(range(60))
+        again = subprocess.run([*publish, str(run_dir)], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "nothing left to publish" in again.stdout
+        assert len(client.search_model_versions("name = 'vwm-outlast'")) == 1
+    finally:
+        proc.kill()
         stop_pid(server)
 
 

@@ -41,7 +41,7 @@ def test_distributed_job_with_a_missing_data_path_exits_2_before_ray_starts(tmp_
 
 def test_local_checks_name_the_key_and_open_no_run(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(ConfigError, match=r"train.output_dir=.*file/out is not a writable folder \(Not a directory\)"):
+    with pytest.raises(ConfigError, match=r"train.output_dir=.*file/out: .*file is a file, not a folder"):
         run_pretrain(_cfg(tmp_path, f"train.output_dir={tmp_path}/file/out"), local=True)
     with pytest.raises(DataSourceError, match="no video files or tar shards match"):
         run_pretrain(_cfg(tmp_path, "data.source=shards", f"data.paths=[{tmp_path}/none]"), local=True)
@@ -54,7 +54,7 @@ def test_local_checks_name_the_key_and_open_no_run(tmp_path):
         run_pretrain(_cfg(tmp_path, "tracking.backend=mlflow", f"tracking.tracking_uri=http://127.0.0.1:{port}"),
                      local=True)
     assert time.monotonic() - t0 < 15
-    assert not list((tmp_path / "out").glob("*"))  # the folder was probed; no run folder, no tracked run
+    assert not (tmp_path / "out").exists()  # no run folder, no tracked run
 
 
 @pytest.mark.parametrize("message,says", [

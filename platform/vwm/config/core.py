@@ -316,6 +316,9 @@ class TrackingConfig(_Strict):
     register_as: str | None = Field("vwm-jepa", description="registered model name; null: do not register")
     alias: str | None = Field("candidate", description="alias the new version gets (models:/NAME@ALIAS)")
     log_checkpoints: bool = True
+    publish_timeout_s: float = Field(60.0, gt=0, description="how long the end of a run keeps retrying an "
+                                     "unreachable server (metrics, checkpoint, registration) before it leaves "
+                                     "them for `vwm publish RUN_DIR`")
 
     @model_validator(mode="after")
     def _alias(self) -> TrackingConfig:

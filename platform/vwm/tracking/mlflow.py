@@ -6,12 +6,15 @@ the server goes away, the thread warns, keeps the metrics, and sends them when t
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from vwm.config import TrackingConfig
+from vwm.config import ConfigError, TrackingConfig
 from vwm.tracking.credentials import redact, secure_tracking_env
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,10 @@ class MLflowTracker:
     """One MLflow run. ``run_id=None`` creates it (the driver); a worker attaches with the driver's run id."""
 
     def __init__(self, cfg: TrackingConfig, *, run_name: str | None = None, run_id: str | None = None,
-                 tags: dict[str, str] | None = None, tracking_uri: str | None = None):
+                 tags: dict[str, str] | None = None, tracking_uri: str | None = None,
+                 spill_path: str | Path | None = None):
         self.cfg = cfg
+        self.spill_path = Path(spill_path) if spill_path else None  # where unsent metrics go at close
         self.uri = secure_tracking_env(tracking_uri) if tracking_uri else resolve_tracking_uri(cfg)
         # short HTTP retries: the flusher thread retries on its own schedule and must not hang on a dead server
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -64,7 +69,8 @@ class MLflowTracker:
 
     def handle(self) -> dict:
         """What a worker needs to log into this run."""
-        return {"backend": "mlflow", "tracking_uri": self.uri, "run_id": self.run_id}
+        handle = {"backend": "mlflow", "tracking_uri": self.uri, "run_id": self.run_id}
+        return {**handle, "spill_path": str(self.spill_path)} if self.spill_path else handle
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
@@ -172,19 +178,48 @@ class MLflowTracker:
             while self._pending and self._flush():
                 pass
 
-    def close(self, status: str = "FINISHED", timeout_s: float = 60.0) -> None:
-        """Send what is buffered (retrying for up to ``timeout_s``), then end the run if we created it."""
+    def close(self, status: str = "FINISHED", timeout_s: float | None = None) -> None:
+        """Send what is buffered (retrying for up to ``timeout_s``, default ``tracking.publish_timeout_s``);
+        what still could not be sent goes to the spill file (``vwm publish`` sends it later). Then end the run
+        if we created it: raises when the server cannot be told, the caller records that for later."""
         self._stop.set()
         self._thread.join()
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + (self.cfg.publish_timeout_s if timeout_s is None else timeout_s)
         while self._pending and time.monotonic() < deadline:
             if not self._flush():
                 time.sleep(1.0)
         if self._pending:
-            log.error("MLflow: %d metric values could not be sent to %s", len(self._pending),
-                      redact(self.uri))
+            self._spill()
         if self.owns_run:
             self.client.set_terminated(self.run_id, status=status)
+
+    def _spill(self) -> None:
+        if self.spill_path is None:
+            log.error("MLflow: %d metric values could not be sent to %s", len(self._pending), redact(self.uri))
+            return
+        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.spill_path.open("a") as f:
+            for m in self._pending:
+                f.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
+        log.error("MLflow server %s unreachable: %d metric values kept in %s (vwm publish sends them)",
+                  redact(self.uri), len(self._pending), self.spill_path)
+        self._pending = []
+
+    def send_spilled(self) -> int:
+        """Send the metrics a closed attempt spilled (raises if the server is still down); returns how many."""
+        if self.spill_path is None or not self.spill_path.is_file():
+            return 0
+        rows = []
+        for line in self.spill_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut short by a killed process
+                continue
+        metrics = [Metric(r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"])) for r in rows]
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + _BATCH])
+        self.spill_path.unlink()
+        return len(metrics)
 
 
 class MLflowRegistry:
@@ -263,3 +298,32 @@ def download_artifacts(uri: str, tracking_uri: str | None = None, member: str | 
     if member:
         source = f"{source.rstrip('/')}/{member}"
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking))
+
+
+def check_server(uri: str | None, timeout_s: float = 5.0) -> None:
+    """Before a run starts: an http(s) MLflow server answers an authenticated request within ``timeout_s``
+    (ConfigError, one line, otherwise); local file or sqlite stores need no server."""
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    where = f"tracking server {uri} (tracking.tracking_uri or $MLFLOW_TRACKING_URI)"
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise ConfigError(f"{where} refused the credentials (HTTP {e.code}); set MLFLOW_TRACKING_USERNAME and "
+                              "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)") from None
+        if e.code < 500:
+            return  # it answers; what it thinks of this request MLflow's client will say
+        raise ConfigError(f"{where} answers HTTP {e.code}; check the server's log") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(f"{where} does not answer within {timeout_s:g} s ({reason}); start it, fix the URI, "
+                          "or set tracking.backend=jsonl") from None

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 from vwm.config import TrackingConfig
 from vwm.tracking.credentials import redact
 
+SPILL_FILE = "unsent_metrics.jsonl"  # in the run folder: metric values the server did not take before the end
+
 
 class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
@@ -25,9 +27,10 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def child(self, run_name: str, tags: dict[str, str] | None = None) -> Tracker: ...  # a nested run
     def end_stopped_children(self, failed: set[str]) -> int: ...  # children left running: ended as KILLED
-    def close(self, status: str = "FINISHED") -> None: ...
+    def close(self, status: str = "FINISHED", timeout_s: float | None = None) -> None: ...
     def flush(self) -> None: ...  # send buffered metrics now
     def last_point(self, name: str) -> tuple[int, float] | None: ...  # (step, value) of the highest step logged
+    def send_spilled(self) -> int: ...  # send what an earlier close could not (SPILL_FILE); how many
     def handle(self) -> dict: ...  # what a worker process needs to log into the same run
 
 
@@ -61,7 +64,7 @@ class NoopTracker:
     def end_stopped_children(self, failed):
         return 0
 
-    def close(self, status="FINISHED"):
+    def close(self, status="FINISHED", timeout_s=None):
         pass
 
     def flush(self):
@@ -69,6 +72,9 @@ class NoopTracker:
 
     def last_point(self, name):
         return None
+
+    def send_spilled(self):
+        return 0
 
     def handle(self):
         return {"backend": "none"}
@@ -111,7 +117,7 @@ class DictTracker(NoopTracker):
         self.children.append(DictTracker(run_name, tags))
         return self.children[-1]
 
-    def close(self, status="FINISHED"):
+    def close(self, status="FINISHED", timeout_s=None):
         self.status = status
 
     def last_point(self, name):
@@ -162,7 +168,7 @@ class JsonlTracker(NoopTracker):
             child.set_tags(tags)
         return child
 
-    def close(self, status="FINISHED"):
+    def close(self, status="FINISHED", timeout_s=None):
         self._metrics.close()
         self._update_json("tags.json", {"status": status})
 
@@ -196,7 +202,8 @@ def make_tracker(cfg: TrackingConfig, run_dir: str | Path, *, run_name: str | No
     if cfg.backend == "mlflow":
         from vwm.tracking.mlflow import MLflowTracker
 
-        return MLflowTracker(cfg, run_name=run_name or Path(run_dir).name, tags=tags)
+        return MLflowTracker(cfg, run_name=run_name or Path(run_dir).name, tags=tags,
+                             spill_path=Path(run_dir).resolve() / SPILL_FILE)
     return NoopTracker()
 
 
@@ -208,7 +215,8 @@ def attach_tracker(cfg: TrackingConfig, handle: dict, owner: bool = False) -> Tr
     if handle["backend"] == "mlflow":
         from vwm.tracking.mlflow import MLflowTracker
 
-        tracker = MLflowTracker(cfg, run_id=handle["run_id"], tracking_uri=handle["tracking_uri"])
+        tracker = MLflowTracker(cfg, run_id=handle["run_id"], tracking_uri=handle["tracking_uri"],
+                                spill_path=handle.get("spill_path"))
         tracker.owns_run = owner
         return tracker
     return NoopTracker()

@@ -16,10 +16,10 @@ from pathlib import Path
 from vwm.config import TrainerConfig, TrainConfig, with_overrides
 from vwm.configfile import flatten, to_yaml
 from vwm.tracking.credentials import redact, redact_all, secure_config
-from vwm.tracking.registry import make_registry
 from vwm.tracking.tracker import Tracker, attach_tracker, git_commit, make_tracker
 from vwm.train import checkpoint as ckpt
 from vwm.train.preflight import preflight
+from vwm.train.publish import complete, final_checkpoint, publish_run
 from vwm.train.trainer import RunEnv, RunSummary, Trainer, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -117,29 +117,41 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
     if done is not None:
         print(f"run {run.name} is already at step {done} of train.steps={cfg.train.steps}: nothing to resume "
               "(raise train.steps to train it further)", flush=True)
-        run.tracker.close(status="FINISHED")
-        return TrainResult(run.name, run.dir, None, run.tracker.handle(), None, {"step": done})
-    status = "FAILED"
+        model_uri = complete(run.dir, run.tracker)  # what a tracking outage at its end left undone, if anything
+        if model_uri is None:
+            run.tracker.close(status="FINISHED")
+        return TrainResult(run.name, run.dir, None, run.tracker.handle(), model_uri, {"step": done})
+    status, result, final = "FAILED", None, None
     try:
         if local:
-            result = _fit_local(run, task_cls, resume=resume, stop_at=stop_at, progress=progress)
+            result, final = _fit_local(run, task_cls, resume=resume, stop_at=stop_at, progress=progress)
         else:
-            result = _fit_ray(run, task_cls, resume=resume, stop_at=stop_at, callbacks=callbacks,
-                              init_from=init_from)
-        run.tracker.log_summary({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
+            result, final = _fit_ray(run, task_cls, resume=resume, stop_at=stop_at, callbacks=callbacks,
+                                     init_from=init_from)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C; Ray Train's own SIGINT handler ends fit() with SystemExit
         status = "KILLED"
-        run.tracker.set_tags({"interrupted": time.strftime("%Y-%m-%d %H:%M:%S")})
+        _tag(run, {"interrupted": time.strftime("%Y-%m-%d %H:%M:%S")})
         print(f"\ninterrupted: run {run.name} stopped; its checkpoints are kept. Continue it with the same "
               "command and --resume", flush=True)
         raise KeyboardInterrupt from None
     except BaseException as e:
-        run.tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
+        _tag(run, {"error": f"{type(e).__name__}: {e}"[:5000]})
         raise
     finally:
-        run.tracker.close(status=status)
+        summary = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))} if result else None
+        model_uri = publish_run(cfg.tracking, run.tracker, run.dir, checkpoint=final, checkpoint_dir=None,
+                                summary=summary, status=status)
+    result.model_uri = model_uri
     return result
+
+
+def _tag(run: Run, tags: dict[str, str]) -> None:
+    """Tags saying how a run ended; a tracking server that is down then must not hide the real error."""
+    try:
+        run.tracker.set_tags(tags)
+    except Exception as e:
+        log.warning("could not tag run %s with %s (%s)", run.name, ", ".join(tags), type(e).__name__)
 
 
 def _finished_step(run: Run, local: bool) -> int | None:
@@ -150,7 +162,8 @@ def _finished_step(run: Run, local: bool) -> int | None:
     return meta["step"] if meta and meta["step"] >= run.cfg.train.steps else None
 
 
-def _fit_local(run: Run, task_cls, *, resume: bool, stop_at: int | None, progress: bool) -> TrainResult:
+def _fit_local(run: Run, task_cls, *, resume: bool, stop_at: int | None,
+               progress: bool) -> tuple[TrainResult, dict | None]:
     cfg = run.cfg
     device, autocast_dtype = resolve_device(cfg.train)
     seed_everything(cfg.train.seed)
@@ -171,10 +184,13 @@ def _fit_local(run: Run, task_cls, *, resume: bool, stop_at: int | None, progres
                  skipped_videos=skipped_videos, progress=progress, name=run.name, restored=latest is not None)
     end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
     summary = Trainer(cfg, task, engine, env, run_dir=run.dir).fit(batches, start_step=start_step, end_step=end)
-    model_uri = _publish(run, summary.last_checkpoint, str(summary.last_checkpoint))
+    final = None
+    if summary.last_checkpoint is not None:
+        final = final_checkpoint(str(root), summary.last_checkpoint.name, log_files=True,
+                                 description=f"{run.name}: step {summary.final_step}")
     metrics = {"step": summary.final_step, "train/loss": summary.losses[-1] if summary.losses else float("nan")}
     return TrainResult(run.name, run.dir, str(summary.last_checkpoint) if summary.last_checkpoint else None,
-                       run.tracker.handle(), model_uri, metrics, summary)
+                       run.tracker.handle(), None, metrics, summary), final
 
 
 def _use_gpu(device: str) -> bool:
@@ -187,7 +203,7 @@ def _use_gpu(device: str) -> bool:
 
 
 def _fit_ray(run: Run, task_cls, *, resume: bool, stop_at: int | None, callbacks: list | None,
-             init_from) -> TrainResult:
+             init_from) -> tuple[TrainResult, dict | None]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -220,27 +236,11 @@ def _fit_ray(run: Run, task_cls, *, resume: bool, stop_at: int | None, callbacks
         ckpt.prune_unregistered(run_storage(cfg.dist.storage_path, run.name), registered)
     if result.error is not None:
         raise result.error
-    model_uri = None
+    final = None
     if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as d:
-            model_uri = _publish(run, Path(d), f"{result.checkpoint.filesystem.type_name}://{result.checkpoint.path}")
+        step = (result.metrics or {}).get("step", cfg.train.steps)
+        final = final_checkpoint(run_storage(cfg.dist.storage_path, run.name), Path(result.checkpoint.path).name,
+                                 log_files="://" not in cfg.dist.storage_path,
+                                 description=f"{run.name}: step {step}")
     return TrainResult(run.name, run.dir, result.checkpoint.path if result.checkpoint else None, run.tracker.handle(),
-                       model_uri, dict(result.metrics or {}))
-
-
-def _publish(run: Run, checkpoint_dir: Path | None, checkpoint_uri: str) -> str | None:
-    """Log the final checkpoint (a reference when it lives on object storage) and register its world model."""
-    if checkpoint_dir is None:
-        return None
-    cfg = run.cfg
-    run.tracker.log_params({"checkpoint.final": checkpoint_uri})
-    if cfg.tracking.log_checkpoints and "://" not in cfg.dist.storage_path:
-        run.tracker.log_artifact(checkpoint_dir, "checkpoint")
-    registry = make_registry(cfg.tracking, run.tracker.handle().get("tracking_uri"))
-    artifact = checkpoint_dir / ckpt.ARTIFACT_DIR
-    if registry is None or not artifact.is_dir():
-        return None
-    uri = registry.register(run.tracker.handle(), artifact, cfg.tracking.register_as, cfg.tracking.alias,
-                            description=f"{run.name}: step {cfg.train.steps}")
-    print(f"registered {uri}" + (f" (alias {cfg.tracking.alias})" if cfg.tracking.alias else ""), flush=True)
-    return uri
+                       None, dict(result.metrics or {})), final

@@ -5,11 +5,8 @@ after the command starts instead of a traceback after the cluster came up."""
 
 from __future__ import annotations
 
-import base64
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from vwm.config import ConfigError, TrainerConfig
@@ -26,19 +23,22 @@ def preflight(cfg: TrainerConfig, task_cls, *, local: bool) -> None:
     else:
         storage_reachable(cfg.dist.storage_path)
     if cfg.tracking.backend == "mlflow":
-        tracking_reachable(secure_tracking_env(cfg.tracking.tracking_uri))
+        from vwm.tracking.mlflow import check_server
+
+        check_server(secure_tracking_env(cfg.tracking.tracking_uri))
 
 
 def writable_dir(path: str | Path, key: str) -> None:
+    """The folder, or the nearest part of its path that exists, can be written (nothing is created here)."""
     root = Path(path).expanduser().resolve()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".vwm-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"{key}={path} is not a writable folder ({e.strerror or type(e).__name__}); "
-                          f"point {key} at one this user can write") from None
+    there = root
+    while not there.exists():
+        there = there.parent
+    if not there.is_dir():
+        raise ConfigError(f"{key}={path}: {there} is a file, not a folder; point {key} at a folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: {there} is not writable by this user; point {key} at a folder it can "
+                          "write")
 
 
 def device_available(device: str) -> None:
@@ -93,32 +93,3 @@ def s3_failure(message: str) -> str:
     if any(s in m for s in ("network_connection", "curl", "connect", "timed out", "timeout", "resolve")):
         return "the endpoint does not answer; check endpoint_override (or AWS_ENDPOINT_URL) and the network"
     return f"S3 error: {message.splitlines()[0][:300]}"
-
-
-def tracking_reachable(uri: str | None) -> None:
-    """An http(s) MLflow server answers an authenticated request within a few seconds (local file or sqlite
-    stores need no server)."""
-    if not uri or not uri.startswith(("http://", "https://")):
-        return
-    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user and password:
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
-    where = f"tracking server {uri} (tracking.tracking_uri or $MLFLOW_TRACKING_URI)"
-    try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT_S):
-            return
-    except urllib.error.HTTPError as e:
-        if e.code in (401, 403):
-            raise ConfigError(f"{where} refused the credentials (HTTP {e.code}); set MLFLOW_TRACKING_USERNAME and "
-                              "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)") from None
-        if e.code < 500:
-            return  # it answers; what it thinks of this request MLflow's client will say
-        raise ConfigError(f"{where} answers HTTP {e.code}; check the server's log") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise ConfigError(f"{where} does not answer within {_TIMEOUT_S:g} s ({reason}); start it, fix the URI, "
-                          "or set tracking.backend=jsonl") from None
