@@ -114,11 +114,14 @@ def _do(tracking: TrackingConfig, tracker: Tracker, todo: dict, checkpoint_dir: 
 def _register(tracking: TrackingConfig, tracker: Tracker, checkpoint: dict, checkpoint_dir: Path | None) -> str | None:
     uri = f"{checkpoint['storage'].partition('?')[0].rstrip('/')}/{checkpoint['folder']}"
     tracker.log_params({"checkpoint.final": uri})
+    registry = make_registry(tracking, tracker.handle().get("tracking_uri"))
+    log_files = tracking.log_checkpoints and checkpoint["log_files"]
+    if registry is None and not log_files:
+        return None
     with tempfile.TemporaryDirectory(prefix="vwm-publish-") as tmp:
         directory = checkpoint_dir or _local_copy(checkpoint, Path(tmp))
-        if tracking.log_checkpoints and checkpoint["log_files"]:
+        if log_files:
             tracker.log_artifact(directory, "checkpoint")
-        registry = make_registry(tracking, tracker.handle().get("tracking_uri"))
         artifact = directory / ckpt.ARTIFACT_DIR
         if registry is None or not artifact.is_dir():
             return None
