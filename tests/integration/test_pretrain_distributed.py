@@ -62,8 +62,9 @@ def test_zero3_trains_gathers_ema_and_exports_the_model(tmp_path, ray_cluster):
 
 
 def test_run_stopped_with_checkpoints_on_s3_resumes_from_there_and_matches_an_uninterrupted_one(
-        tmp_path, s3_bucket, zero_runs):
+        tmp_path, s3_bucket, zero_runs, mlflow_server):
     import s3fs
+    from mlflow.tracking import MlflowClient
 
     from vwm.tasks.jepa import run_pretrain
 
@@ -71,7 +72,8 @@ def test_run_stopped_with_checkpoints_on_s3_resumes_from_there_and_matches_an_un
     host = endpoint.removeprefix("http://")
     storage = f"s3://{bucket}/runs?endpoint_override={host}&scheme=http"
     cfg = _cfg(tmp_path, "train.steps=8", "train.checkpoint_every=4", f"dist.storage_path={storage}",
-               "train.run_name=s3run")
+               "train.run_name=s3run", "tracking.backend=mlflow", f"tracking.tracking_uri={mlflow_server}",
+               "tracking.experiment=vwm-s3", "tracking.register_as=vwm-test-s3")
     first = run_pretrain(cfg, stop_at=4)
     assert first.metrics["step"] == 4
     fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint)
@@ -81,9 +83,12 @@ def test_run_stopped_with_checkpoints_on_s3_resumes_from_there_and_matches_an_un
                                                                          for p in fs.ls(ckpt_dir)}
     rest = run_pretrain(with_overrides(cfg, {"train.run_name": first.name}), resume=True)
     assert rest.name == first.name and rest.metrics["step"] == 8
-    rows = [json.loads(line) for line in (tmp_path / "out" / first.name / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "train/loss" in r] == list(range(8))
-    assert [(r["step"], r["train/restarts"]) for r in rows if "train/restarts" in r] == [(4, 1)]
+    # the model registered from the final checkpoint on S3; one point per step; the restart counted
+    assert first.model_uri is None and rest.model_uri == "models:/vwm-test-s3/1"
+    client = MlflowClient(mlflow_server)
+    run_id = rest.tracker["run_id"]
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(8))
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/restarts")] == [(4, 1)]
     # the uninterrupted run: same config, stage 1, local checkpoints
     assert _loss(rest) == pytest.approx(_loss(zero_runs[1]), abs=1e-5)
 

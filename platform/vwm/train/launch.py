@@ -140,8 +140,8 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
         raise
     finally:
         summary = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))} if result else None
-        model_uri = publish_run(cfg.tracking, run.tracker, run.dir, checkpoint=final, checkpoint_dir=None,
-                                summary=summary, status=status)
+        model_uri = publish_run(cfg.tracking, run.tracker, run.dir, checkpoint=final, summary=summary,
+                                status=status)
     result.model_uri = model_uri
     return result
 
@@ -184,8 +184,8 @@ def _fit_local(run: Run, task_cls, *, resume: bool, stop_at: int | None,
                  skipped_videos=skipped_videos, progress=progress, name=run.name, restored=latest is not None)
     end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
     summary = Trainer(cfg, task, engine, env, run_dir=run.dir).fit(batches, start_step=start_step, end_step=end)
-    final = None
-    if summary.last_checkpoint is not None:
+    final = None  # an invocation stopped early (stop_at) leaves the publishing to the one that finishes
+    if summary.last_checkpoint is not None and summary.final_step >= cfg.train.steps:
         final = final_checkpoint(str(root), summary.last_checkpoint.name, log_files=True,
                                  description=f"{run.name}: step {summary.final_step}")
     metrics = {"step": summary.final_step, "train/loss": summary.losses[-1] if summary.losses else float("nan")}
@@ -236,9 +236,8 @@ def _fit_ray(run: Run, task_cls, *, resume: bool, stop_at: int | None, callbacks
         ckpt.prune_unregistered(run_storage(cfg.dist.storage_path, run.name), registered)
     if result.error is not None:
         raise result.error
-    final = None
-    if result.checkpoint is not None:
-        step = (result.metrics or {}).get("step", cfg.train.steps)
+    final, step = None, (result.metrics or {}).get("step", cfg.train.steps)
+    if result.checkpoint is not None and step >= cfg.train.steps:
         final = final_checkpoint(run_storage(cfg.dist.storage_path, run.name), Path(result.checkpoint.path).name,
                                  log_files="://" not in cfg.dist.storage_path,
                                  description=f"{run.name}: step {step}")

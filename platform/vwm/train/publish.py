@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -39,8 +40,8 @@ def final_checkpoint(storage: str, folder: str, *, log_files: bool, description:
 
 
 def publish_run(tracking: TrackingConfig, tracker: Tracker, run_dir: Path, *, checkpoint: dict | None,
-                checkpoint_dir: Path | None, summary: dict[str, float] | None, status: str) -> str | None:
-    """Register ``checkpoint`` (read from ``checkpoint_dir`` when given), log ``summary``, end the run with
+                summary: dict[str, float] | None, status: str) -> str | None:
+    """Register ``checkpoint`` (``final_checkpoint``), log ``summary``, end the run with
     ``status``; retry for ``tracking.publish_timeout_s``, then leave what is not done to ``vwm publish``.
     Returns the registered model's URI (None when nothing was registered)."""
     deadline = time.monotonic() + tracking.publish_timeout_s
@@ -52,10 +53,13 @@ def publish_run(tracking: TrackingConfig, tracker: Tracker, run_dir: Path, *, ch
     model_uri, error = None, None
     while True:
         try:
-            model_uri = _do(tracking, tracker, todo, checkpoint_dir, deadline) or model_uri
+            model_uri = _do(tracking, tracker, todo, deadline) or model_uri
             _forget(run_dir)
             return model_uri
         except Exception as e:  # the server: down, timing out, refusing
+            if error is None:
+                log.warning("publishing to the tracking server failed (%s: %s); retrying for %g s",
+                            type(e).__name__, redact(str(e))[:300], tracking.publish_timeout_s)
             error = e
         if time.monotonic() + _RETRY_S >= deadline:
             break
@@ -85,23 +89,23 @@ def complete(run_dir: str | Path, tracker: Tracker | None = None) -> str | None:
     try:
         if tracker is None:
             tracker = attach_tracker(tracking, json.loads((run_dir / "tracker.json").read_text()), owner=True)
-        uri = _do(tracking, tracker, todo, None, time.monotonic() + tracking.publish_timeout_s)
+        uri = _do(tracking, tracker, todo, time.monotonic() + tracking.publish_timeout_s)
     except Exception as e:
+        _remember(run_dir, tracking, todo, e)  # without what this attempt did do (a model registered once)
         raise PublishError(f"tracking server still unreachable ({type(e).__name__}: {redact(str(e))[:200]}); "
                            f"nothing is lost: run vwm publish {run_dir} again later") from None
     _forget(run_dir)
     return uri
 
 
-def _do(tracking: TrackingConfig, tracker: Tracker, todo: dict, checkpoint_dir: Path | None,
-        deadline: float) -> str | None:
+def _do(tracking: TrackingConfig, tracker: Tracker, todo: dict, deadline: float) -> str | None:
     """Each part removed from ``todo`` once done, so a retry does not repeat it (no second model version)."""
     uri = None
     sent = tracker.send_spilled()
     if sent:
         log.info("sent %d metric values an earlier attempt could not", sent)
     if "checkpoint" in todo:
-        uri = _register(tracking, tracker, todo["checkpoint"], checkpoint_dir)
+        uri = _register(tracking, tracker, todo["checkpoint"])
         todo["model_uri"] = uri
         del todo["checkpoint"]
     if "summary" in todo:
@@ -111,7 +115,7 @@ def _do(tracking: TrackingConfig, tracker: Tracker, todo: dict, checkpoint_dir: 
     return uri or todo.get("model_uri")
 
 
-def _register(tracking: TrackingConfig, tracker: Tracker, checkpoint: dict, checkpoint_dir: Path | None) -> str | None:
+def _register(tracking: TrackingConfig, tracker: Tracker, checkpoint: dict) -> str | None:
     uri = f"{checkpoint['storage'].partition('?')[0].rstrip('/')}/{checkpoint['folder']}"
     tracker.log_params({"checkpoint.final": uri})
     registry = make_registry(tracking, tracker.handle().get("tracking_uri"))
@@ -119,7 +123,7 @@ def _register(tracking: TrackingConfig, tracker: Tracker, checkpoint: dict, chec
     if registry is None and not log_files:
         return None
     with tempfile.TemporaryDirectory(prefix="vwm-publish-") as tmp:
-        directory = checkpoint_dir or _local_copy(checkpoint, Path(tmp))
+        directory = _local_copy(checkpoint, Path(tmp))
         if log_files:
             tracker.log_artifact(directory, "checkpoint")
         artifact = directory / ckpt.ARTIFACT_DIR
@@ -139,8 +143,13 @@ def _local_copy(checkpoint: dict, tmp: Path) -> Path:
     import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(storage)
-    pafs.copy_files(f"{path.rstrip('/')}/{folder}/{ckpt.ARTIFACT_DIR}", str(tmp / ckpt.ARTIFACT_DIR),
-                    source_filesystem=fs)
+    source = f"{path.rstrip('/')}/{folder}/{ckpt.ARTIFACT_DIR}"
+    for info in fs.get_file_info(pafs.FileSelector(source, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File:
+            target = tmp / ckpt.ARTIFACT_DIR / info.path[len(source) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
     return tmp
 
 
