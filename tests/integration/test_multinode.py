@@ -62,14 +62,18 @@ def test_a_run_across_nodes_resumes_from_its_checkpoint_when_a_node_is_lost(s3_b
     run = client.search_runs([client.get_experiment_by_name("multinode").experiment_id])[0]
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "train/loss")
-    after = sorted({m.step for m in history if m.timestamp > report["removed_at_ms"]})
+    # one point per step: the steps the restarted group redid after its checkpoint were not logged twice
+    assert sorted(m.step for m in history) == list(range(STEPS))
+    # the restart is counted once, at the checkpoint it resumed from: the newest one Ray had registered (the
+    # one seen on S3 before the loss; when the loss fell between its upload and its registration, an earlier
+    # one, or none: step 0)
+    restarts = client.get_metric_history(run.info.run_id, "train/restarts")
+    assert [m.value for m in restarts] == [1] and restarts[0].timestamp > report["removed_at_ms"]
+    resumed_from = restarts[0].step
+    assert resumed_from % EVERY == 0, (restarts, report)
+    # ...and nothing was lost: every step before that checkpoint was logged before the loss
     before = {m.step for m in history if m.timestamp <= report["removed_at_ms"]}
-    # the restarted group began at a checkpoint at or past the one seen before the loss (a step's metrics
-    # carry the number of steps done before it, so the first step after checkpoint N is logged as N)...
-    resumed_from = after[0]
-    assert resumed_from % EVERY == 0 and resumed_from >= report["checkpoint_seen"], (after, report)
-    # ...and no step was lost: every step before that checkpoint logged before, every one after it since
-    assert set(range(resumed_from)) <= before and after == list(range(resumed_from, STEPS)), (before, after)
+    assert set(range(resumed_from)) <= before, (sorted(before), resumed_from)
     version = client.get_model_version("vwm-multinode", "1")
     assert version.run_id == run.info.run_id and run.data.params["checkpoint.final"].startswith("s3://")
 

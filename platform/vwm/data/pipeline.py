@@ -84,10 +84,16 @@ def skip_ledger(name: str):
     """The ledger actor of that name, created on first use and found by name afterwards (from any worker).
     This process keeps its handle for as long as it is attached to the cluster: a run resumed in the same
     process would otherwise be handed, by name, the earlier run's ledger while Ray is still tearing it down
-    (its last handle just went away), and count into an actor that dies under it."""
-    key = (ray.get_runtime_context().get_job_id(), name)
+    (its last handle just went away), and count into an actor that dies under it. The ledger lives on the
+    node of the process that creates it (the driver's): a worker node lost mid-run must not take it along."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ctx = ray.get_runtime_context()
+    key = (ctx.get_job_id(), name)
     if key not in _held_ledgers:
-        _held_ledgers[key] = SkipLedger.options(name=name, namespace="vwm", get_if_exists=True).remote()
+        here = NodeAffinitySchedulingStrategy(ctx.get_node_id(), soft=True)
+        _held_ledgers[key] = SkipLedger.options(name=name, namespace="vwm", get_if_exists=True,
+                                                scheduling_strategy=here).remote()
     return _held_ledgers[key]
 
 

@@ -153,7 +153,7 @@ class Trainer:
         summary = RunSummary(self.run_dir, start_step, start_step)
         bar = tqdm(total=t.steps, initial=start_step, disable=not (env.progress and env.rank == 0), desc=env.name,
                    dynamic_ncols=True)
-        logged_until = self._note_restart(start_step) if env.restored and env.rank == 0 else -1
+        logged_until = self._note_restart(start_step) if env.rank == 0 else -1
         for micro in range(start_step * acc, end_step * acc):
             t0 = time.perf_counter()
             batch = next(batches)
@@ -186,11 +186,15 @@ class Trainer:
         return summary
 
     def _note_restart(self, start_step: int) -> int:
-        """A restored run redoes the steps after its checkpoint, which the last attempt may have logged: those
-        points stay and the redone steps are not logged again (one point per step; the redo computes the same
-        values). Counts the restart as ``train/restarts``. Returns the last step already logged."""
+        """A restarted run (restored from its checkpoint, or started over when the worker group was lost before
+        Ray registered one) redoes steps an earlier attempt may have logged: those points stay and the redone
+        steps are not logged again (one point per step; the redo computes the same values). Counts the
+        restart as ``train/restarts``. Returns the last step already logged (-1: none)."""
         tracker = self.env.tracker
-        last, restarts = tracker.last_point("train/loss"), tracker.last_point("train/restarts")
+        last = tracker.last_point("train/loss")
+        if last is None and not self.env.restored:
+            return -1  # a fresh run
+        restarts = tracker.last_point("train/restarts")
         tracker.log_metrics({"train/restarts": (restarts[1] if restarts else 0) + 1}, start_step)
         return last[0] if last else -1
 
