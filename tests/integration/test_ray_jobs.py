@@ -43,6 +43,8 @@ def test_vwm_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path, ray
            "--set", "tracking.experiment=ray-jobs"]
     try:
         subprocess.run(["bash", "cluster/local/start.sh"], cwd=REPO, env=env, check=True, timeout=240)
+        token = Path.home() / ".ray" / "auth_token"
+        assert token.is_file() and token.stat().st_mode & 0o077 == 0  # the cluster's key: its owner's alone
         cluster_env = {**env, **read_env_sh(tmp_path / "cluster" / "env.sh")}
         address, mlflow_uri = cluster_env["RAY_API_SERVER_ADDRESS"], cluster_env["MLFLOW_TRACKING_URI"]
         assert cluster_env["RAY_ADDRESS"] == f"127.0.0.1:{ports['RAY_PORT']}"  # the GCS address, for drivers
