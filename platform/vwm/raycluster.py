@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 
 import ray
@@ -26,9 +27,23 @@ def connect(num_cpus: int | None = None, runtime_env: dict | None = None) -> str
         if address:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         else:
-            ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, log_to_driver=True)
+            # Ray's own processes find the state API through this cluster's dashboard, named here: left to
+            # guess, they follow the machine's newest `ray start` session file, which may name a cluster
+            # long gone (Train's placement-group cleaner then dies on a GCS timeout, traceback and all)
+            port = _free_port()
+            runtime_env = dict(runtime_env or {})
+            runtime_env["env_vars"] = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+                                       **runtime_env.get("env_vars", {})}
+            ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, dashboard_port=port,
+                     log_to_driver=True)
     ctx = ray.get_runtime_context()
     return os.environ.get("RAY_ADDRESS") or f"local:{ctx.gcs_address}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def worker_slots(nodes: list[dict], cpus: float, gpus: float) -> int:

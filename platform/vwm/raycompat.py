@@ -6,6 +6,9 @@
   ``placement_group_table()`` leaves out who created a group, so the GCS table is read directly.
 - ``validate_launcher_config``: the cluster launcher's own schema check (``ray up`` runs it), which Ray
   exposes only as ``ray.autoscaler._private.util``; the tests check ``cluster/launcher/*.yaml`` with it.
+- ``quiet_train_reports``: Train V2 logs every report of every rank at INFO ("Reporting training result N:
+  TrainingReport(...)") through a logger named after its source file, outside ``ray.train``, so Train's own
+  ``LoggingConfig`` does not reach it.
 - ``TrainToTune``: a Train ``UserCallback`` that hands each report, checkpoint included, to the trial's Tune
   function (``TuneReportCallback`` passes only the checkpoint's path, so PBT would have nothing to clone).
 """
@@ -58,6 +61,17 @@ def remove_orphaned_groups() -> int:
         log.warning("removing placement group %s: the trainer that created it is gone", group_id)
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
     return len(orphans)
+
+
+def quiet_train_reports() -> None:
+    """In a Train worker: Ray Train's per-report INFO lines off (warnings stay). Cosmetic, so an untested
+    Ray only keeps its chatter."""
+    try:
+        check_ray_version()
+        from ray.train.v2._internal.execution import context
+    except (UntestedRay, ImportError):
+        return
+    context.logger.setLevel(logging.WARNING)
 
 
 class TrainToTune(UserCallback):

@@ -4,6 +4,7 @@ cluster/local/start.sh, tracking to the MLflow server it started; stopped by pid
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,17 @@ def test_vwm_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path, ray
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "SUCCEEDED" in job.stdout
         assert "registered models:/vwm-jepa/1 (alias candidate)" in job.stdout  # the driver's log, followed
+        lines = [line for line in job.stdout.splitlines() if line.strip()]
+        # rank 0's progress, one line per log step (log_every 5 of 2 steps: the first and the last)
+        progress = [m.group(1) for line in lines if (m := re.search(r"step (\d+)/2  loss ", line))]
+        assert progress == ["1", "2"], job.stdout[-3000:]
+        # the run ends with one summary, printed last: no worker line after it, the loss MLflow has
+        first = next(i for i, line in enumerate(lines) if re.match(r"run debug_cpu-\S+: step 2, final loss", line))
+        summary = lines[first:]
+        assert not any(line.startswith("(") for line in summary), summary
+        assert summary[-2].startswith("model: models:/vwm-jepa/1") and summary[-1].endswith(": SUCCEEDED")
+        assert any(line.startswith(f"MLflow run: {mlflow_uri}/#/experiments/") for line in summary), summary
+        assert "Reporting training result" not in job.stdout and "row/s]" not in job.stdout  # Ray's chatter off
 
         from ray.job_submission import JobSubmissionClient
 
@@ -96,7 +108,9 @@ def test_vwm_submit_runs_pretraining_on_a_token_authenticated_head(tmp_path, ray
         assert [r.info.status for r in runs] == ["FINISHED"]
         # the job's driver attached to the head (RAY_ADDRESS), it did not start an embedded cluster
         assert runs[0].data.tags["ray_address"] and not runs[0].data.tags["ray_address"].startswith("local:")
-        assert client.get_metric_history(runs[0].info.run_id, "train/loss")
+        losses = client.get_metric_history(runs[0].info.run_id, "train/loss")
+        final = max(losses, key=lambda m: m.step)
+        assert summary[0].endswith(f"final loss {final.value:.4f}") and final.step == 1
         assert (tmp_path / "out").is_dir()  # the run folder is where the config said, not in Ray's temp folder
     finally:
         subprocess.run(["bash", "cluster/local/stop.sh"], cwd=REPO, env=env, timeout=120)

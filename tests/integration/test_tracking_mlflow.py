@@ -5,6 +5,9 @@ training unblocked while the server is down and delivers the metrics afterwards.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import mlflow
@@ -48,7 +51,7 @@ def tracked_shards_run(tmp_path_factory, ray_cluster, mlflow_server):
 def test_distributed_run_on_shards_tracks_to_mlflow_and_registers_the_model(tracked_shards_run, mlflow_server):
     import vwm
 
-    _, result = tracked_shards_run
+    root, result = tracked_shards_run
     assert result.model_uri == "models:/vwm-test-jepa/1"
 
     client = MlflowClient(mlflow_server)
@@ -56,18 +59,33 @@ def test_distributed_run_on_shards_tracks_to_mlflow_and_registers_the_model(trac
     assert run.info.status == "FINISHED"
     assert run.data.params["model.dim"] == "96" and run.data.params["dist.zero_stage"] == "1"
     assert run.data.params["checkpoint.final"].endswith(result.checkpoint_path)
-    assert {"git_commit", "ray_address", "workers", "zero_stage"} <= set(run.data.tags)
+    assert not any(k.startswith("data.synthetic.") for k in run.data.params)  # a shards run: only what applies
+    assert {"ray_address", "workers", "zero_stage", "mlflow.source.git.commit", "mlflow.source.name",
+            "mlflow.user"} <= set(run.data.tags)
     assert run.data.tags["workers"] == "2"
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    (data,) = run.inputs.dataset_inputs
+    assert data.dataset.name == "videos" and json.loads(data.dataset.profile)["files"] == 3
+    assert json.loads(data.dataset.source) == [str(root / "shards")] and len(data.dataset.digest) == 16
+    assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "training"
     losses = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in losses] == list(range(8))
     for name in ("train/lr", "train/wd", "train/ema_momentum", "perf/samples_per_s", "perf/step_s",
                  "perf/data_wait_s", "repr/std", "repr/rankme", "data/skipped_videos"):
         assert client.get_metric_history(run.info.run_id, name), name
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "checkpoint", "world_model"} <= artifacts
+    assert artifacts == {"config.yaml", "world_model"}  # the model, not the optimizer state (its URI is a param)
 
     version = client.get_model_version_by_alias("vwm-test-jepa", "candidate")  # tracking.alias's default
     assert version.version == "1" and version.run_id == run.info.run_id
+    assert "ViT encoder dim 96" in version.description and "commit: " in version.description
+    assert str(root / "shards") in version.description  # the model card names its data
+    # an MLflow model: MLflow's own loader, in a fresh process, frames in and features out
+    code = ("import mlflow, numpy as np; m = mlflow.pyfunc.load_model('models:/vwm-test-jepa@candidate'); "
+            "print(m.predict(np.zeros((2, 8, 64, 64, 3), np.uint8)).shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
+    assert out.returncode == 0 and out.stdout.strip().endswith("(2, 256, 96)"), out.stderr[-2000:]
     for uri in ("models:/vwm-test-jepa@latest", "models:/vwm-test-jepa@candidate", result.model_uri):
         wm = vwm.load_world_model(uri, tracking_uri=mlflow_server)
         feats = wm.encode(torch.zeros(2, 8, 64, 64, 3, dtype=torch.uint8))

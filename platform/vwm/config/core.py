@@ -103,6 +103,7 @@ class DataConfig(_Strict):
     shuffle_buffer: int = Field(64, ge=0, description="clips in each worker's local shuffle buffer; 0 = off")
     prefetch_batches: int = Field(2, ge=0)
     decode_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each Ray Data decode task")
+    progress_bars: bool = Field(False, description="Ray Data's own progress bars (off: the trainer prints progress)")
     synthetic: SyntheticConfig = SyntheticConfig()
 
     _one_path = model_validator(mode="before")(classmethod(lambda cls, data: one_path(data)))
@@ -311,11 +312,13 @@ class DistConfig(_Strict):
 
 class TrackingConfig(_Strict):
     backend: Literal["none", "jsonl", "mlflow"] = "jsonl"
-    experiment: str = "vwm"
+    experiment: str | None = Field(None, description="default: $MLFLOW_EXPERIMENT_NAME, else vwm")
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db")
     register_as: str | None = Field("vwm-jepa", description="registered model name; null: do not register")
     alias: str | None = Field("candidate", description="alias the new version gets (models:/NAME@ALIAS)")
-    log_checkpoints: bool = True
+    log_checkpoints: bool = Field(False, description="also copy the final checkpoint (optimizer state "
+                                  "included) into the run's artifacts; its URI is always the param "
+                                  "checkpoint.final")
     publish_timeout_s: float = Field(60.0, gt=0, description="how long the end of a run keeps retrying an "
                                      "unreachable server (metrics, checkpoint, registration) before it leaves "
                                      "them for `vwm publish RUN_DIR`")
@@ -335,6 +338,16 @@ class TrainerConfig(_Strict):
     train: TrainConfig = TrainConfig()
     dist: DistConfig = DistConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    def unused_keys(self, local: bool) -> tuple[str, ...]:
+        """Prefixes of dotted keys that do not apply to this run: left out of its tracked params."""
+        return ("dist.",) if local else ()
+
+
+# what a run on generated videos does not read: the file and Ray Data input options
+_SHARD_ONLY = tuple(f"data.{k}" for k in (
+    "paths", "endpoint_url", "target_fps", "clips_per_video", "shuffle_buffer", "prefetch_batches", "decode_num_cpus",
+    "progress_bars"))
 
 
 class MonitorConfig(_Strict):
@@ -381,6 +394,10 @@ class PretrainConfig(TrainerConfig):
         if self.monitor.probe.label and not self.train.eval_every:
             raise ValueError("monitor.probe.label is set but train.eval_every is not: the probe runs at eval steps")
         return self
+
+    def unused_keys(self, local: bool) -> tuple[str, ...]:
+        unused = super().unused_keys(local) + (_SHARD_ONLY if self.data.source == "synthetic" else ("data.synthetic.",))
+        return unused + (() if self.monitor.probe.label else ("monitor.probe.",))
 
 
 def with_overrides(cfg: _Strict, updates: dict[str, Any]) -> Any:

@@ -118,6 +118,7 @@ class TrajectoryConfig(_Strict):
     shuffle_buffer: int = Field(64, ge=0)
     prefetch_batches: int = Field(2, ge=0)
     decode_num_cpus: float = Field(1.0, gt=0)
+    progress_bars: bool = Field(False, description="Ray Data's own progress bars (off: the trainer prints progress)")
 
     _one_path = model_validator(mode="before")(classmethod(lambda cls, data: one_path(data)))
 

@@ -184,7 +184,7 @@ def _rows_batch(parts: list[dict[str, list[np.ndarray]]], keys: list[str], metas
 
 
 def _file_dataset(sources: list[str], *, seed: int, epochs: Iterable[int], start_order: int, fn, fn_kwargs: dict,
-                  num_cpus: float, max_tasks: int | None) -> ray.data.Dataset:
+                  num_cpus: float, max_tasks: int | None, progress_bars: bool) -> ray.data.Dataset:
     """(file, epoch, order) items, each epoch's files in a (seed, epoch)-keyed order, mapped by ``fn``."""
     epochs = list(epochs)
     items = [{"uri": uri, "epoch": e, "order": i}
@@ -196,10 +196,15 @@ def _file_dataset(sources: list[str], *, seed: int, epochs: Iterable[int], start
     # operator at a single task (measured: no speed-up from a second CPU). The reservation guards
     # multi-operator pipelines against starvation, which a single map operator cannot suffer.
     ctx.op_resource_reservation_enabled = False
+    # Ray Data's bars redraw per block under a training run, and their totals count every pass the
+    # dataset covers (sized for one video per file) rather than the clips the run will read: the trainer's
+    # own progress line is the one to read; ``data.progress_bars`` brings Ray's back for debugging input.
+    ctx.enable_progress_bars = ctx.print_on_execution_start = progress_bars
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), _MAX_BLOCKS))
     if max_tasks is None:  # without the reservation, bound the tasks in flight by what the cluster can run
         max_tasks = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
-    return ds.map_batches(fn, batch_size=1, fn_kwargs=fn_kwargs, num_cpus=num_cpus, concurrency=max_tasks)
+    return ds.map_batches(fn, batch_size=1, fn_kwargs=fn_kwargs, num_cpus=num_cpus,
+                          compute=ray.data.TaskPoolStrategy(size=max_tasks))
 
 
 def covering_epochs(rows_needed: int, files: int, rows_per_file: int, cap: int = 10_000) -> int:
@@ -218,7 +223,7 @@ def build_dataset(cfg: DataConfig, *, seed: int, epochs: Iterable[int], ledger, 
     return _file_dataset(list_sources(cfg.paths, cfg.endpoint_url), seed=seed, epochs=epochs,
                          start_order=start_order, fn=_decode_files,
                          fn_kwargs={"cfg": cfg, "seed": seed, "ledger": ledger}, num_cpus=cfg.decode_num_cpus,
-                         max_tasks=max_tasks)
+                         max_tasks=max_tasks, progress_bars=cfg.progress_bars)
 
 
 class _NumpyCollate(NumpyBatchCollateFn):
@@ -287,4 +292,4 @@ def build_trajectory_dataset(cfg: TrajectoryConfig, *, seed: int, epochs: Iterab
     stats = load_stats(cfg.stats, sources, cfg.endpoint_url) if cfg.normalize else None
     return _file_dataset(sources, seed=seed, epochs=epochs, start_order=start_order, fn=_window_files,
                          fn_kwargs={"cfg": cfg, "seed": seed, "stats": stats, "ledger": ledger},
-                         num_cpus=cfg.decode_num_cpus, max_tasks=max_tasks)
+                         num_cpus=cfg.decode_num_cpus, max_tasks=max_tasks, progress_bars=cfg.progress_bars)

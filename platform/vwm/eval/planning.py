@@ -189,7 +189,7 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     from vwm.raycluster import connect
     from vwm.tracking.credentials import redact, secure_config
     from vwm.tracking.registry import pin, workers_tracking_uri
-    from vwm.tracking.tracker import git_commit, make_tracker
+    from vwm.tracking.tracker import make_tracker, run_tags
 
     cfg = secure_config(cfg)  # credentials in the tracking URI move to the environment, before Ray starts
     tracking_uri = workers_tracking_uri(cfg.tracking, [cfg.model_uri])
@@ -205,8 +205,8 @@ def run_evaluation(cfg: EvalConfig, *, progress: bool = True) -> EvalResult:
     run_dir = Path(cfg.output_dir).resolve() / name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(redact(to_yaml(cfg)))
-    tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags={
-        "task": "plan_eval", "run_name": name, "git_commit": git_commit(), "model_uri": model_uri, "env": env_name})
+    tracker = make_tracker(cfg.tracking, run_dir, run_name=name,
+                           tags={**run_tags("plan_eval", name), "model_uri": model_uri, "env": env_name})
     tracker.log_params({**flatten(cfg), "model_uri_pinned": model_uri, "model_parent_uri": manifest.get("parent_uri")})
     tracker.log_artifact(run_dir / "config.yaml")
 

@@ -128,7 +128,7 @@ def run_probe_eval(cfg: ProbeEvalConfig, *, progress: bool = True) -> ProbeResul
     from vwm.raycluster import connect
     from vwm.tracking.credentials import redact, secure_config
     from vwm.tracking.registry import pin, workers_tracking_uri
-    from vwm.tracking.tracker import git_commit, make_tracker
+    from vwm.tracking.tracker import make_tracker, run_tags
 
     cfg = secure_config(cfg)  # credentials in the tracking URI move to the environment, before Ray starts
     tracking_uri = workers_tracking_uri(cfg.tracking, [e.uri for e in cfg.encoders])
@@ -148,8 +148,7 @@ def run_probe_eval(cfg: ProbeEvalConfig, *, progress: bool = True) -> ProbeResul
     run_dir = Path(cfg.output_dir).resolve() / name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(redact(to_yaml(cfg)))
-    tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags={"task": "probe_eval", "run_name": name,
-                                                                       "git_commit": git_commit()})
+    tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags=run_tags("probe_eval", name))
     tracker.log_params({**flatten(cfg), **{f"pinned.{e['name']}": e["uri"] for e in encoders if e["uri"]},
                         "clips.train": n_train, "clips.test": len(data.sources) - n_train})
     tracker.log_artifact(run_dir / "config.yaml")

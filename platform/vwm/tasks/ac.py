@@ -25,6 +25,7 @@ from vwm.models.ac_predictor import ACPredictor
 from vwm.models.ac_world_model import ACModule, FrameEncoder, rollout
 from vwm.models.artifact import read_world_model, write_artifact
 from vwm.tracking.registry import local_path
+from vwm.tracking.tracker import dataset_input
 from vwm.train.ema import EMATarget, submodule_state
 from vwm.train.trainer import Hook, StepInfo
 
@@ -71,17 +72,22 @@ class ACTask:
         self.last_z: torch.Tensor | None = None
 
     @staticmethod
-    def check_inputs(cfg: PosttrainConfig) -> None:
-        """Before any cluster work: trajectory shards, held-out shards and an encoder folder are there."""
+    def check_inputs(cfg: PosttrainConfig) -> list[dict]:
+        """Before any cluster work: trajectory shards, held-out shards and an encoder folder are there.
+        Returns what the run reads, for its tracker."""
         from vwm.data.shards import DataSourceError, list_sources
 
-        list_sources(cfg.data.paths, cfg.data.endpoint_url)
+        inputs = [dataset_input("trajectories", "training", list_sources(cfg.data.paths, cfg.data.endpoint_url),
+                                roots=cfg.data.paths)]
         if cfg.monitor.heldout_paths:
-            list_sources(cfg.monitor.heldout_paths, cfg.data.endpoint_url)
+            inputs.append(dataset_input("held-out trajectories", "evaluation",
+                                        list_sources(cfg.monitor.heldout_paths, cfg.data.endpoint_url),
+                                        roots=cfg.monitor.heldout_paths))
         uri = cfg.ac.encoder_uri
         if ":/" not in uri and not Path(uri).expanduser().exists():
             raise DataSourceError(f"ac.encoder_uri={uri}: no such folder; give a world_model folder, "
                                   "runs:/RUN_ID/world_model or models:/vwm-jepa@ALIAS")
+        return inputs
 
     # ---------------------------------------------------------------------------------------- model
     def _frame_encoder(self) -> FrameEncoder:

@@ -24,6 +24,7 @@ from vwm.models.jepa import build_models, target_features
 from vwm.models.predictor import gather_tokens
 from vwm.models.preprocess import normalize_clips
 from vwm.models.vit import token_grid
+from vwm.tracking.tracker import dataset_input
 from vwm.train.ema import EMATarget, submodule_state
 from vwm.train.trainer import Hook, StepInfo
 
@@ -91,12 +92,17 @@ class JepaTask:
 
     # ----------------------------------------------------------------------------------------- data
     @staticmethod
-    def check_inputs(cfg: PretrainConfig) -> None:
-        """Before any cluster work: the shards are there (DataSourceError names the path)."""
+    def check_inputs(cfg: PretrainConfig) -> list[dict]:
+        """Before any cluster work: the shards are there (DataSourceError names the path). Returns what the
+        run reads, for its tracker."""
         if cfg.data.source == "shards":
             from vwm.data.shards import list_sources
 
-            list_sources(cfg.data.paths, cfg.data.endpoint_url)
+            sources = list_sources(cfg.data.paths, cfg.data.endpoint_url)
+            return [dataset_input("videos", "training", sources, roots=cfg.data.paths)]
+        synthetic = {"generator": "vwm.data.synthetic", "seed": cfg.train.seed,
+                     **cfg.data.synthetic.model_dump(mode="json")}
+        return [dataset_input("synthetic-videos", "training", [], roots=["synthetic"], profile=synthetic)]
 
     def batches(self, start_micro: int, position, shard) -> tuple[Iterator[Batch], callable]:
         """This rank's batches and a skipped-video counter. Synthetic: keyed by (seed, step, rank), resumed

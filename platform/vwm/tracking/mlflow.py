@@ -15,11 +15,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+import numpy as np
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from vwm.config import ConfigError, TrackingConfig
@@ -28,6 +30,8 @@ from vwm.tracking.credentials import redact, secure_tracking_env
 log = logging.getLogger(__name__)
 _BATCH = 500  # MLflow's log_batch limit for metrics
 _FLUSH_S = 2.0
+# MLflow 3's UI opens an experiment without this tag in its GenAI (traces) view
+_EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
@@ -44,7 +48,7 @@ class MLflowTracker:
 
     def __init__(self, cfg: TrackingConfig, *, run_name: str | None = None, run_id: str | None = None,
                  tags: dict[str, str] | None = None, tracking_uri: str | None = None,
-                 spill_path: str | Path | None = None):
+                 spill_path: str | Path | None = None, experiment_id: str | None = None):
         self.cfg = cfg
         self.spill_path = Path(spill_path) if spill_path else None  # where unsent metrics go at close
         self.uri = secure_tracking_env(tracking_uri) if tracking_uri else resolve_tracking_uri(cfg)
@@ -52,10 +56,10 @@ class MLflowTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.client = MlflowClient(self.uri)
+        self.experiment_id = experiment_id  # known to the run's creator; an attached one is told (its handle)
         if run_id is None:
-            exp = self.client.get_experiment_by_name(cfg.experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.experiment)
-            run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags or {}).info.run_id
+            self.experiment_id = self._experiment(cfg.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "vwm")
+            run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {}).info.run_id
             self.owns_run = True
         else:
             self.owns_run = False  # a worker attached to the driver's run: the driver ends it
@@ -67,10 +71,33 @@ class MLflowTracker:
         self._thread = threading.Thread(target=self._flush_loop, name="mlflow-flush", daemon=True)
         self._thread.start()
 
+    def _experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                return self.client.create_experiment(name, tags=_EXPERIMENT_KIND)
+            except mlflow.exceptions.MlflowException as e:  # another run created it meanwhile (a sweep's trials)
+                if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                    raise
+                exp = self.client.get_experiment_by_name(name)
+        if not exp.tags.get("mlflow.experimentKind"):
+            for k, v in _EXPERIMENT_KIND.items():
+                self.client.set_experiment_tag(exp.experiment_id, k, v)
+        return exp.experiment_id
+
     def handle(self) -> dict:
         """What a worker needs to log into this run."""
         handle = {"backend": "mlflow", "tracking_uri": self.uri, "run_id": self.run_id}
+        if self.experiment_id:
+            handle["experiment_id"] = self.experiment_id
         return {**handle, "spill_path": str(self.spill_path)} if self.spill_path else handle
+
+    def log_inputs(self, inputs: list[dict]) -> None:
+        """Each input (``vwm.tracking.tracker.dataset_input``) as an MLflow dataset: the run page's Datasets."""
+        self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(Dataset(name=i["name"], digest=i["digest"], source_type=_source_type(i["source"]),
+                                 source=i["source"], profile=json.dumps(i["profile"])),
+                         tags=[InputTag("mlflow.data.context", i["context"])]) for i in inputs])
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
@@ -222,6 +249,77 @@ class MLflowTracker:
         return len(metrics)
 
 
+def _source_type(source: str) -> str:
+    schemes = {root.split("://", 1)[0] if "://" in root else "local" for root in json.loads(source)}
+    return schemes.pop() if len(schemes) == 1 else "mixed"
+
+
+class WorldModelFeatures(mlflow.pyfunc.PythonModel):
+    """A registered world model under MLflow's pyfunc flavour: uint8 RGB frames in, token features out
+    (the model's ``encode``), so ``mlflow.pyfunc.load_model(URI).predict(frames)`` works wherever vwm is
+    installed. The vwm artifact itself rides along as the model's ``world_model`` artifact."""
+
+    def load_context(self, context) -> None:
+        from vwm.models.artifact import read_world_model
+
+        self.wm = read_world_model(context.artifacts["world_model"])
+
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        return self.wm.encode(np.asarray(model_input)).float().cpu().numpy()
+
+
+_PYFUNC_INNER = "artifacts/world_model"  # where save_pyfunc puts the vwm artifact (named by its folder)
+# MLflow's models-from-code: the model is this script run at load time, so nothing is unpickled
+_MODEL_CODE = """from mlflow.models import set_model
+
+from vwm.tracking.mlflow import WorldModelFeatures
+
+set_model(WorldModelFeatures())
+"""
+
+
+def _signature(artifact: Path):
+    """Frames (B, T, H, W, 3) uint8 -> features (B, N, D) for a V-JEPA model; an action-conditioned one
+    encodes single frames (B, H, W, 3) -> (B, N, D)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    dim, grid = manifest["model_config"]["dim"], manifest["geometry"]["grid"]
+    if manifest["kind"] == "vjepa":
+        frames, tokens = (-1, manifest["geometry"]["frames"], -1, -1, 3), grid[0] * grid[1] * grid[2]
+    else:
+        frames, tokens = (-1, -1, -1, 3), -1  # tokens per frame follow the model's pooling
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), frames)]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, tokens, dim))]))
+
+
+def save_pyfunc(artifact: Path, into: Path) -> Path:
+    """The vwm artifact folder ``artifact`` as an MLflow model folder ``into`` (MLmodel, code, environment,
+    the artifact under ``artifacts/``)."""
+    import torch
+
+    from vwm import __version__
+
+    code = into.parent / "vwm_world_model.py"
+    code.write_text(_MODEL_CODE)
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a bar for copying two local files
+    try:
+        with warnings.catch_warnings():  # the signature stands in for an input example (which would run it)
+            warnings.filterwarnings("ignore", message=".*input example", category=UserWarning)
+            mlflow.pyfunc.save_model(str(into), python_model=str(code), artifacts={"world_model": str(artifact)},
+                                     signature=_signature(artifact),
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                                       f"vwm=={__version__}"])
+    finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+    return into
+
+
 class MLflowRegistry:
     """The model registry of an MLflow server: versions of a named model, each with an alias."""
 
@@ -231,11 +329,12 @@ class MLflowRegistry:
 
     def register(self, handle: dict, directory: str | Path, name: str, alias: str | None = None,
                  description: str | None = None) -> str:
-        """Log ``directory`` as the run's ``world_model`` artifact, register it as a new version of ``name``,
-        point ``alias`` at it; returns the exact ``models:/NAME/VERSION``. (The folder is a vwm artifact, not
-        an MLflow flavour, so the version's source is the artifact folder itself.)"""
+        """Log the vwm artifact ``directory`` as the run's ``world_model``, an MLflow pyfunc model, register
+        it as a new version of ``name``, point ``alias`` at it; returns the exact ``models:/NAME/VERSION``."""
         run_id = handle["run_id"]
-        self.client.log_artifacts(run_id, str(directory), "world_model")
+        with tempfile.TemporaryDirectory(prefix="vwm-pyfunc-") as tmp:
+            self.client.log_artifacts(run_id, str(save_pyfunc(Path(directory), Path(tmp) / "world_model")),
+                                      "world_model")
         try:
             self.client.create_registered_model(name)
         except mlflow.exceptions.MlflowException as e:
@@ -295,9 +394,16 @@ def download_artifacts(uri: str, tracking_uri: str | None = None, member: str | 
     """
     tracking = secure_tracking_env(tracking_uri) if tracking_uri else resolve_tracking_uri(TrackingConfig())
     source, _ = _artifact_uri(uri, tracking)
-    if member:
-        source = f"{source.rstrip('/')}/{member}"
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking))
+    if not member:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking))
+    # a registered pyfunc model carries the vwm artifact under artifacts/world_model; older versions are one
+    for inner in (f"{_PYFUNC_INNER}/{member}", member):
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{source.rstrip('/')}/{inner}",
+                                                            tracking_uri=tracking))
+        except (mlflow.exceptions.MlflowException, OSError) as e:
+            missing = e
+    raise missing
 
 
 def check_server(uri: str | None, timeout_s: float = 5.0) -> None:

@@ -29,6 +29,20 @@ def make_registry(cfg: TrackingConfig, tracking_uri: str | None = None) -> Model
     return MLflowRegistry(cfg, tracking_uri)
 
 
+def vwm_folder(path: Path) -> Path:
+    """The vwm artifact inside an MLflow model folder (registered models are pyfunc models carrying it as
+    their ``world_model`` artifact); any other folder as it is."""
+    mlmodel = path / "MLmodel"
+    if (path / "manifest.json").is_file() or not mlmodel.is_file():
+        return path
+    import yaml
+
+    artifacts = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {}).get(
+        "artifacts") or {}
+    inner = artifacts.get("world_model", {}).get("path")
+    return path / inner if inner else path
+
+
 def local_path(uri: str | Path, tracking_uri: str | None = None) -> Path:
     """A local folder for a folder path, ``runs:/...`` or ``models:/NAME@ALIAS`` (``@latest``: the newest
     version). The tracking URI resolves as training resolves it: the argument, else $MLFLOW_TRACKING_URI,
@@ -36,12 +50,12 @@ def local_path(uri: str | Path, tracking_uri: str | None = None) -> Path:
     if str(uri).startswith(REMOTE_SCHEMES):
         from vwm.tracking.mlflow import download_artifacts
 
-        return download_artifacts(str(uri), tracking_uri)
+        return vwm_folder(download_artifacts(str(uri), tracking_uri))
     path = Path(uri)
     if not path.exists():
         raise FileNotFoundError(f"{uri}: no such folder; pass a world-model folder, runs:/RUN_ID/world_model or "
                                 "models:/NAME@ALIAS")
-    return path
+    return vwm_folder(path)
 
 
 def workers_tracking_uri(cfg: TrackingConfig, uris: list[str]) -> str | None:
@@ -69,7 +83,7 @@ def local_member(uri: str | Path, member: str, tracking_uri: str | None = None) 
         from vwm.tracking.mlflow import download_artifacts
 
         return download_artifacts(str(uri), tracking_uri, member=member)
-    path = Path(uri) / member
+    path = vwm_folder(Path(uri)) / member
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; {uri} is not a vwm world-model folder")
     return path

@@ -6,8 +6,11 @@ starts a run, ``attach_tracker`` logs into a run another process started, from i
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +28,7 @@ class Tracker(Protocol):
     def log_table(self, rows: list[dict], name: str) -> None: ...  # rows of one schema, e.g. per-episode results
     def log_summary(self, metrics: dict[str, float]) -> None: ...  # final values of the run
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_inputs(self, inputs: list[dict]) -> None: ...  # the data a run reads (``dataset_input``)
     def child(self, run_name: str, tags: dict[str, str] | None = None) -> Tracker: ...  # a nested run
     def end_stopped_children(self, failed: set[str]) -> int: ...  # children left running: ended as KILLED
     def close(self, status: str = "FINISHED", timeout_s: float | None = None) -> None: ...
@@ -58,6 +62,9 @@ class NoopTracker:
     def log_artifact(self, path, artifact_path=None):
         pass
 
+    def log_inputs(self, inputs):
+        pass
+
     def child(self, run_name, tags=None):
         return NoopTracker()
 
@@ -89,6 +96,7 @@ class DictTracker(NoopTracker):
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.files: dict[str, Any] = {}
         self.summary: dict[str, float] = {}
+        self.inputs: list[dict] = []
         self.children: list[DictTracker] = []
         self.status: str | None = None
 
@@ -112,6 +120,9 @@ class DictTracker(NoopTracker):
 
     def log_summary(self, metrics):
         self.summary.update({k: float(v) for k, v in metrics.items()})
+
+    def log_inputs(self, inputs):
+        self.inputs.extend(inputs)
 
     def child(self, run_name, tags=None):
         self.children.append(DictTracker(run_name, tags))
@@ -161,6 +172,9 @@ class JsonlTracker(NoopTracker):
 
     def log_summary(self, metrics):
         self._update_json("summary.json", metrics)
+
+    def log_inputs(self, inputs):
+        (self.run_dir / "inputs.json").write_text(json.dumps(inputs, indent=1))
 
     def child(self, run_name, tags=None):
         child = JsonlTracker(self.run_dir / run_name)
@@ -216,7 +230,7 @@ def attach_tracker(cfg: TrackingConfig, handle: dict, owner: bool = False) -> Tr
         from vwm.tracking.mlflow import MLflowTracker
 
         tracker = MLflowTracker(cfg, run_id=handle["run_id"], tracking_uri=handle["tracking_uri"],
-                                spill_path=handle.get("spill_path"))
+                                spill_path=handle.get("spill_path"), experiment_id=handle.get("experiment_id"))
         tracker.owns_run = owner
         return tracker
     return NoopTracker()
@@ -228,13 +242,41 @@ def nested_under(parent: dict) -> dict[str, str]:
 
 
 def describe(handle: dict) -> list[str]:
-    """Lines telling a person where a run's records are."""
+    """Lines telling a person where a run's records are: the run's page in the MLflow UI (a served tracking
+    URI), or how to serve a local store and the page the run will have there."""
     if handle.get("backend") == "mlflow":
-        uri = redact(handle["tracking_uri"])
-        return [f"MLflow run {handle['run_id']} at {uri}", f"browse it: mlflow ui --backend-store-uri {uri}"]
+        uri, run = redact(handle["tracking_uri"]), handle["run_id"]
+        page = f"#/experiments/{handle.get('experiment_id', '0')}/runs/{run}"
+        if uri.startswith(("http://", "https://")):
+            return [f"MLflow run: {uri.rstrip('/')}/{page}"]
+        return [f"MLflow run {run} in {uri}",
+                f"browse it: mlflow ui --backend-store-uri {uri}  then http://127.0.0.1:5000/{page}"]
     if handle.get("backend") == "jsonl":
         return [f"metrics: {handle['run_dir']}/metrics.jsonl"]
     return []
+
+
+def run_tags(kind: str, name: str) -> dict[str, str]:
+    """Where a run comes from, under MLflow's own system tag names (its UI shows them as source, user and
+    commit): the command line (credentials masked), the user, the commit of the vwm checkout."""
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = "unknown"
+    return {"mlflow.source.name": redact(command)[:500], "mlflow.source.type": "LOCAL", "mlflow.user": user,
+            "mlflow.source.git.commit": git_commit(), "task": kind, "run_name": name}
+
+
+def dataset_input(name: str, context: str, sources: list[str], *, roots: list[str],
+                  profile: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's input as trackers log it: the config's ``roots`` (made absolute), how many files they hold,
+    and a digest of the file list and ``profile`` that changes when a file is added, removed or renamed."""
+    profile = {"files": len(sources), **(profile or {})}
+    digest = hashlib.sha256("\n".join([*sorted(sources), json.dumps(profile, sort_keys=True)]).encode())
+    absolute = [r if "://" in r or r == "synthetic" else str(Path(r).resolve()) for r in roots]
+    return {"name": name, "context": context, "source": redact(json.dumps(absolute)), "digest": digest.hexdigest()[:16],
+            "profile": profile}
 
 
 def git_commit() -> str:

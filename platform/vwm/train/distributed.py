@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import ray.train
 import torch
 import torch.distributed as dist
 
+from vwm.raycompat import quiet_train_reports
 from vwm.tracking.tracker import NoopTracker, attach_tracker
 from vwm.train import checkpoint as ckpt
 from vwm.train.trainer import RunEnv, Trainer, resolve_device, seed_everything
@@ -75,6 +78,9 @@ def temp_root(cfg, rank: int) -> Path:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: typed config -> seed -> task -> DeepSpeed -> restore -> Trainer.fit."""
+    quiet_train_reports()
+    # DeepSpeed's ZeRO gathers call a torch collective torch deprecated: one warning per rank, nothing to act on
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     task_cls = config["task"]
     cfg = task_cls.config_cls.model_validate(config["cfg"])
     ctx = ray.train.get_context()
@@ -97,7 +103,8 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as d:
             start_step, position = ckpt.read_checkpoint(Path(d), engine, task, rank=rank)
         how = "initialised" if checkpoint is config.get("init_from") else "resumed"
-        print(f"[vwm] rank {rank} {how} from {checkpoint.path} at step {start_step}", flush=True)
+        sys.stdout.write(f"[vwm] rank {rank} {how} from {checkpoint.path} at step {start_step}\n")  # not print():
+        sys.stdout.flush()  # Ray Train's patched print would show the line twice
     shard = ray.train.get_dataset_shard("train") if config["has_dataset"] else None
     acc = cfg.optim.grad_accumulation
     batches, skipped_videos = task.batches(start_step * acc, position, shard)
@@ -105,7 +112,7 @@ def train_loop_per_worker(config: dict) -> None:
     env = RunEnv(rank=rank, device=device, autocast_dtype=autocast_dtype, tracker=tracker,
                  sink=RaySink(engine, task, rank=rank, total_steps=cfg.train.steps, tmp_root=temp_root(cfg, rank)),
                  skipped_videos=skipped_videos,
-                 mean_across_ranks=all_reduce_mean, progress=False, name=cfg.train.run_name,
+                 mean_across_ranks=all_reduce_mean, progress=config.get("progress", "lines"), name=cfg.train.run_name,
                  restored=checkpoint is not None and checkpoint is not config.get("init_from"))
     try:
         end = min(config.get("stop_at") or cfg.train.steps, cfg.train.steps)

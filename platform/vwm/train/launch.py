@@ -16,7 +16,7 @@ from pathlib import Path
 from vwm.config import TrainerConfig, TrainConfig, with_overrides
 from vwm.configfile import flatten, to_yaml
 from vwm.tracking.credentials import redact, redact_all, secure_config
-from vwm.tracking.tracker import Tracker, attach_tracker, git_commit, make_tracker
+from vwm.tracking.tracker import Tracker, attach_tracker, make_tracker, run_tags
 from vwm.train import checkpoint as ckpt
 from vwm.train.preflight import preflight
 from vwm.train.publish import complete, final_checkpoint, publish_run
@@ -43,6 +43,7 @@ class Run:
     cfg: TrainerConfig  # with train.run_name set to ``name``
     tracker: Tracker
     provenance: dict
+    inputs: list[dict]  # what the task said it reads (``Task.check_inputs``)
 
 
 def storage_root(path: str) -> str:
@@ -73,25 +74,30 @@ def run_name(cfg: TrainConfig, resume: bool) -> str:
     return name
 
 
-def open_run(cfg: TrainerConfig, *, kind: str, resume: bool, tags: dict[str, str] | None = None) -> Run:
-    """Name the run, make its folder, write the resolved config, start (or on resume, re-attach) its tracker."""
+def open_run(cfg: TrainerConfig, *, kind: str, resume: bool, tags: dict[str, str] | None = None,
+             inputs: list[dict] | None = None, local: bool = False) -> Run:
+    """Name the run, make its folder, write the resolved config, start (or on resume, re-attach) its tracker;
+    a new run logs the params that apply to it and its ``inputs``."""
     name = run_name(cfg.train, resume)
     cfg = with_overrides(cfg, {"train.run_name": name})
     run_dir = Path(cfg.train.output_dir).resolve() / name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(redact(to_yaml(cfg)))
-    provenance = {"git_commit": git_commit()}
+    system = run_tags(kind, name)
+    provenance = {"git_commit": system["mlflow.source.git.commit"]}
     handle_file = run_dir / "tracker.json"
     if resume and handle_file.is_file():  # continue the same tracked run
         tracker = attach_tracker(cfg.tracking, json.loads(handle_file.read_text()), owner=True)
         tracker.set_tags({"error": None, "interrupted": None})  # what ended the last attempt no longer holds
     else:
-        tags = {"git_commit": provenance["git_commit"], "task": kind, "run_name": name, **(tags or {})}
-        tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags=tags)
-        tracker.log_params(redact_all(flatten(cfg)))
+        tracker = make_tracker(cfg.tracking, run_dir, run_name=name, tags={**system, **(tags or {})})
+        unused = cfg.unused_keys(local)
+        tracker.log_params(redact_all({k: v for k, v in flatten(cfg).items() if not k.startswith(unused)}))
+        if inputs:
+            tracker.log_inputs(inputs)
         tracker.log_artifact(run_dir / "config.yaml")
         handle_file.write_text(json.dumps(redact_all(tracker.handle())))
-    return Run(name, run_dir, cfg, tracker, provenance)
+    return Run(name, run_dir, cfg, tracker, provenance, inputs or [])
 
 
 def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: bool = False,
@@ -101,7 +107,7 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
     would), schedules still laid out over ``train.steps``; ``resume=True`` continues the newest run of the
     name. ``init_from`` (Ray only) starts a fresh run from another run's checkpoint (PBT's clones)."""
     cfg = secure_config(cfg)  # before Ray starts: its workers inherit the environment the credentials move to
-    preflight(cfg, task_cls, local=local)
+    inputs = preflight(cfg, task_cls, local=local)
     if not local:
         from vwm.raycluster import check_capacity, connect
 
@@ -112,7 +118,7 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
                 "zero_stage": str(cfg.dist.zero_stage), **(tags or {})}
         if init_from is not None:
             tags["init_from"] = init_from.path
-    run = open_run(cfg, kind=task_cls.kind, resume=resume, tags=tags)
+    run = open_run(cfg, kind=task_cls.kind, resume=resume, tags=tags, inputs=inputs, local=local)
     done = _finished_step(run, local) if resume else None
     if done is not None:
         print(f"run {run.name} is already at step {done} of train.steps={cfg.train.steps}: nothing to resume "
@@ -127,7 +133,7 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
             result, final = _fit_local(run, task_cls, resume=resume, stop_at=stop_at, progress=progress)
         else:
             result, final = _fit_ray(run, task_cls, resume=resume, stop_at=stop_at, callbacks=callbacks,
-                                     init_from=init_from)
+                                     init_from=init_from, progress=progress)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C; Ray Train's own SIGINT handler ends fit() with SystemExit
         status = "KILLED"
@@ -181,16 +187,30 @@ def _fit_local(run: Run, task_cls, *, resume: bool, stop_at: int | None,
     batches, skipped_videos = task.batches(start_step * cfg.optim.grad_accumulation, position, None)
     sink = ckpt.LocalSink(root, engine, task, keep=cfg.train.keep_checkpoints, total_steps=cfg.train.steps)
     env = RunEnv(rank=0, device=device, autocast_dtype=autocast_dtype, tracker=run.tracker, sink=sink,
-                 skipped_videos=skipped_videos, progress=progress, name=run.name, restored=latest is not None)
+                 skipped_videos=skipped_videos, progress="bar" if progress else "off", name=run.name,
+                 restored=latest is not None)
     end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
     summary = Trainer(cfg, task, engine, env, run_dir=run.dir).fit(batches, start_step=start_step, end_step=end)
     final = None  # an invocation stopped early (stop_at) leaves the publishing to the one that finishes
     if summary.last_checkpoint is not None and summary.final_step >= cfg.train.steps:
         final = final_checkpoint(str(root), summary.last_checkpoint.name, log_files=True,
-                                 description=f"{run.name}: step {summary.final_step}")
+                                 description=recipe(run, summary.final_step, workers=1,
+                                                    engine=f"in-process on {device.type}",
+                                                    precision="bf16" if autocast_dtype else "fp32"))
     metrics = {"step": summary.final_step, "train/loss": summary.losses[-1] if summary.losses else float("nan")}
     return TrainResult(run.name, run.dir, str(summary.last_checkpoint) if summary.last_checkpoint else None,
                        run.tracker.handle(), None, metrics, summary), final
+
+
+def recipe(run: Run, step: int, *, workers: int, engine: str, precision: str) -> str:
+    """What a run read and how it trained, for its model card."""
+    cfg = run.cfg
+    data, o = getattr(cfg, "data", None), cfg.optim
+    batch = f"batch {data.batch_size} x {workers} worker(s) x {o.grad_accumulation} accumulation" if data else ""
+    read = "; ".join(f"{i['name']} {i['source']} ({i['profile']['files']} files, digest {i['digest']})"
+                     for i in run.inputs)
+    return (f"data: {read or 'none recorded'}\n- recipe: run {run.name}, {step} steps, {batch}, lr {o.lr.schedule} "
+            f"peak {o.lr.peak:g}, precision {precision}, {engine}")
 
 
 def _use_gpu(device: str) -> bool:
@@ -203,8 +223,8 @@ def _use_gpu(device: str) -> bool:
 
 
 def _fit_ray(run: Run, task_cls, *, resume: bool, stop_at: int | None, callbacks: list | None,
-             init_from) -> tuple[TrainResult, dict | None]:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+             init_from, progress: bool) -> tuple[TrainResult, dict | None]:
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from vwm.train.distributed import train_loop_per_worker
@@ -215,18 +235,22 @@ def _fit_ray(run: Run, task_cls, *, resume: bool, stop_at: int | None, callbacks
         meta = ckpt.latest_meta(run_storage(cfg.dist.storage_path, run.name))
         position = meta["data_position"]["position"] if meta else None
     dataset = task_cls.dataset(cfg, run.name, position)
+    use_gpu = _use_gpu(cfg.train.device)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "task": task_cls, "tracker": run.tracker.handle(),
                            "stop_at": stop_at, "init_from": init_from, "provenance": run.provenance,
-                           "has_dataset": dataset is not None},
-        scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=_use_gpu(cfg.train.device),
+                           "has_dataset": dataset is not None, "progress": "lines" if progress else "off"},
+        scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
         run_config=RayRunConfig(name=run.name, storage_path=storage_root(cfg.dist.storage_path),
                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures,
                                                              controller_failure_limit=cfg.dist.start_retries),
                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                                callbacks=callbacks),
+                                callbacks=callbacks,
+                                # Ray Train's INFO lines (each report of each rank, worker-group start-up)
+                                # would bury rank 0's progress lines; its warnings and errors still show
+                                logging_config=LoggingConfig(log_level="WARNING")),
         datasets={"train": dataset} if dataset is not None else {},
     )
     result = trainer.fit()
@@ -240,6 +264,9 @@ def _fit_ray(run: Run, task_cls, *, resume: bool, stop_at: int | None, callbacks
     if result.checkpoint is not None and step >= cfg.train.steps:
         final = final_checkpoint(run_storage(cfg.dist.storage_path, run.name), Path(result.checkpoint.path).name,
                                  log_files="://" not in cfg.dist.storage_path,
-                                 description=f"{run.name}: step {step}")
+                                 description=recipe(run, step, workers=cfg.dist.num_workers,
+                                                    engine=f"DeepSpeed ZeRO-{cfg.dist.zero_stage} on "
+                                                           f"{'cuda' if use_gpu else 'cpu'}",
+                                                    precision=cfg.train.precision))
     return TrainResult(run.name, run.dir, result.checkpoint.path if result.checkpoint else None, run.tracker.handle(),
                        None, dict(result.metrics or {})), final

@@ -15,8 +15,9 @@ from vwm.tracking.credentials import redact, secure_tracking_env
 _TIMEOUT_S = 5.0
 
 
-def preflight(cfg: TrainerConfig, task_cls, *, local: bool) -> None:
-    task_cls.check_inputs(cfg)
+def preflight(cfg: TrainerConfig, task_cls, *, local: bool) -> list[dict]:
+    """Raises ConfigError (or the task's DataSourceError) on the first problem; returns the task's inputs."""
+    inputs = task_cls.check_inputs(cfg)
     writable_dir(cfg.train.output_dir, "train.output_dir")
     if local:
         device_available(cfg.train.device)
@@ -26,6 +27,7 @@ def preflight(cfg: TrainerConfig, task_cls, *, local: bool) -> None:
         from vwm.tracking.mlflow import check_server
 
         check_server(secure_tracking_env(cfg.tracking.tracking_uri))
+    return inputs
 
 
 def writable_dir(path: str | Path, key: str) -> None:

@@ -130,9 +130,30 @@ def _register(tracking: TrackingConfig, tracker: Tracker, checkpoint: dict) -> s
         if registry is None or not artifact.is_dir():
             return None
         model_uri = registry.register(tracker.handle(), artifact, tracking.register_as, tracking.alias,
-                                      description=checkpoint["description"])
+                                      description=model_card(artifact, checkpoint["description"], uri))
     print(f"registered {model_uri}" + (f" (alias {tracking.alias})" if tracking.alias else ""), flush=True)
     return model_uri
+
+
+def model_card(artifact: Path, recipe: str, checkpoint_uri: str) -> str:
+    """The registered version's description (Markdown, as MLflow's UI renders it): what the model is, what
+    it takes, how it was made, where its full checkpoint is."""
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    g, m = manifest.get("geometry", {}), manifest.get("model_config", {})
+    megabytes = sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file()) / 1e6
+    lines = [f"**{manifest.get('kind', 'world model')}**: ViT encoder dim {m.get('dim')}, depth {m.get('depth')}, "
+             f"heads {m.get('heads')} ({m.get('preset')}), {megabytes:.1f} MB",
+             (f"- input: single {g.get('crop')}x{g.get('crop')} RGB frames, actions ({manifest.get('action_dim')}) "
+              f"and states ({manifest.get('state_dim')}); predictor pool {manifest.get('ac', {}).get('pool')}"
+              if manifest.get("kind") == "vjepa-ac" else
+              f"- input: {g.get('frames')} frames of {g.get('crop')}x{g.get('crop')} RGB, patch {g.get('patch_size')}, "
+              f"tubelet {g.get('tubelet_size')}, token grid {g.get('grid')}"),
+             f"- {recipe}", f"- commit: {manifest.get('git_commit', 'unknown')}",
+             f"- full checkpoint (optimizer state included): {redact(checkpoint_uri)}",
+             "- load: `vwm.load_world_model(URI)` or `mlflow.pyfunc.load_model(URI)`"]
+    if manifest.get("parent_uri"):
+        lines.insert(1, f"- encoder from: {manifest['parent_uri']}")
+    return "\n".join(lines)
 
 
 def _local_copy(checkpoint: dict, tmp: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ class Task(Protocol):
     samples_per_batch: int
 
     @staticmethod
-    def check_inputs(cfg) -> None: ...  # before any cluster work: raise naming a missing input
+    def check_inputs(cfg) -> list[dict]: ...  # raise naming a missing input; else the inputs to log
     def build(self) -> nn.Module: ...  # the trainable module (the engine's); frozen parts stay in the task
     def batches(self, start_micro: int, position, shard) -> tuple[Iterator, Callable[[], int]]: ...
     def loss(self, engine, batch, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
@@ -95,7 +96,7 @@ class RunEnv:
     sink: CheckpointSink
     skipped_videos: Callable[[], int] = lambda: 0
     mean_across_ranks: Callable[[float], float] = lambda x: x
-    progress: bool = True
+    progress: str = "bar"  # rank 0's progress: a tqdm bar, a line per log step (Ray workers), or off
     name: str = "run"
     restored: bool = False  # continuing this run from its own checkpoint (a restart or --resume)
 
@@ -119,6 +120,42 @@ class _Micro:
     wd: float
     extras: dict[str, float]
     skipped: bool
+
+
+class ProgressLines:
+    """A line per log step (``RUN step 20/40  loss 0.5269  lr 1.2e-04  rankme 14.2  0.85 s/step  ETA 0:00:17``):
+    what a distributed run's rank 0 prints, where a redrawn bar would reach the driver as a new line per
+    redraw. Seconds per step are wall time since the previous line, data waits and hooks included."""
+
+    def __init__(self, name: str, total: int, start: int):
+        self.name, self.total, self.start, self.last_done, self.last_t = name, total, start, start, time.perf_counter()
+        self.rankme: float | None = None
+        self.rate_known = False
+
+    def update(self, done: int, metrics: dict[str, float], show: bool) -> str | None:
+        """Note a step's metrics (a monitor's RankMe may come between log steps); print a line if ``show``."""
+        self.rankme = metrics.get("eval/rankme", metrics.get("repr/rankme", self.rankme))
+        if not show:
+            return None
+        now = time.perf_counter()
+        s_per_step = (now - self.last_t) / max(1, done - self.last_done)
+        first, self.last_done, self.last_t = self.rate_known is False, done, now
+        parts = [f"{self.name} step {done}/{self.total}", f"loss {metrics['train/loss']:.4f}"]
+        if "train/lr" in metrics:
+            parts.append(f"lr {metrics['train/lr']:.2e}")
+        if self.rankme is not None:
+            parts.append(f"rankme {self.rankme:.1f}")
+        if first:  # start-up (workers, data, first batch) is no rate to extrapolate
+            parts.append(f"first line after {s_per_step * max(1, done - self.start):.1f} s")
+        else:
+            eta = int(s_per_step * (self.total - done))
+            parts += [f"{s_per_step:.2f} s/step", f"ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"]
+        self.rate_known = True
+        line = "  ".join(parts)
+        # not print(): Ray Train's patched print sends a line both to stdout and through its logger (twice)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        return line
 
 
 def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
@@ -151,8 +188,9 @@ class Trainer:
         """Optimizer steps ``start_step`` .. ``end_step``: batch -> step -> log -> hooks -> checkpoint."""
         t, acc, env = self.cfg.train, self.cfg.optim.grad_accumulation, self.env
         summary = RunSummary(self.run_dir, start_step, start_step)
-        bar = tqdm(total=t.steps, initial=start_step, disable=not (env.progress and env.rank == 0), desc=env.name,
-                   dynamic_ncols=True)
+        bar = tqdm(total=t.steps, initial=start_step, disable=not (env.progress == "bar" and env.rank == 0),
+                   desc=env.name, dynamic_ncols=True)
+        lines = ProgressLines(env.name, t.steps, start_step) if env.progress == "lines" and env.rank == 0 else None
         logged_until = self._note_restart(start_step) if env.rank == 0 else -1
         for micro in range(start_step * acc, end_step * acc):
             t0 = time.perf_counter()
@@ -165,21 +203,27 @@ class Trainer:
             if (micro + 1) % acc:
                 continue
             info = StepInfo(micro // acc, micro // acc + 1, end_step, out.loss, out.extras, self.engine)
-            metrics = {}
+            metrics, mean_loss = {}, None  # the ranks' mean loss, computed (collectively) at log steps
             if info.step % t.log_every == 0 or info.done == end_step:
                 metrics = self._train_metrics(out, summary, getattr(batch, "position", None))
+                mean_loss = metrics["train/loss"]
                 bar.set_postfix(loss=f"{out.loss:.4f}", lr=f"{out.lr:.2e}")
             self._t_data = self._t_step = 0.0
             reported = self._run_hooks(info, metrics, summary)
+            if lines is not None:
+                lines.update(info.done, metrics, show=mean_loss is not None)
             if env.rank == 0 and metrics and info.step > logged_until:
                 env.tracker.log_metrics(metrics, info.step)
             if env.rank == 0 and (reported or info.done % t.checkpoint_every == 0):
                 env.tracker.flush()  # a report follows, after which a scheduler may stop this trial
             if info.done % t.checkpoint_every == 0 or info.done == end_step:
+                # every rank saves here: the loss reported is the ranks' mean, the value the tracker logs
+                loss = mean_loss if mean_loss is not None else env.mean_across_ranks(out.loss)
                 summary.last_checkpoint = env.sink.save(info.done, getattr(batch, "position", None),
-                                                        {"train/loss": out.loss, **reported})
+                                                        {"train/loss": loss, **reported})
             elif reported:
-                env.sink.report(info.done, {"step": info.done, "train/loss": out.loss, **reported})
+                loss = out.loss if mean_loss is None else mean_loss
+                env.sink.report(info.done, {"step": info.done, "train/loss": loss, **reported})
             summary.final_step = info.done
             bar.update(1)
         bar.close()

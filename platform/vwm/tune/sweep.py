@@ -71,7 +71,7 @@ def _trial(config: dict, *, sweep: SweepConfig, base_path: Path, name: str, pare
 
     def fit() -> None:
         try:
-            run_pretrain(cfg, callbacks=[TrainToTune(relay)], tags=tags, init_from=init_from)
+            run_pretrain(cfg, callbacks=[TrainToTune(relay)], tags=tags, init_from=init_from, progress=False)
         except BaseException as e:  # re-raised in the trial's thread, so Tune marks the trial failed
             outcome["error"] = e
 
