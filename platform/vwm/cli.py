@@ -197,6 +197,28 @@ def _data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_pack(args: argparse.Namespace) -> int:
+    from vwm.data.pack import run_pack
+    from vwm.data.shards import DataSourceError
+    from vwm.raycluster import connect
+
+    if args.shard_videos < 1 or args.shard_mb <= 0:
+        print("vwm: --shard-videos must be >= 1 and --shard-mb > 0", file=sys.stderr)
+        return 2
+    try:
+        connect()
+        result = run_pack(args.videos, args.out, labels=args.labels, shard_videos=args.shard_videos,
+                          shard_mb=args.shard_mb, endpoint_url=args.endpoint_url)
+    except DataSourceError as e:
+        print(f"vwm: {e}", file=sys.stderr)
+        return 2
+    unmatched = f"; {len(result.unmatched_rows)} label rows named no video" if result.unmatched_rows else ""
+    print(f"wrote {result.videos} videos ({result.labelled} labelled{unmatched}) in {len(result.shards)} shards "
+          f"({result.bytes / 1e6:.1f} MB) under {args.out}")
+    print(f"train on them with: --set 'data.paths=[\"{result.pattern()}\"]'")  # quoted: braces are YAML's too
+    return 0
+
+
 def _data_inspect(args: argparse.Namespace) -> int:
     from vwm.data.shards import DataSourceError
     from vwm.data.tools import run_inspect
@@ -271,7 +293,10 @@ def add_submit_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vwm import __version__
+
     parser = argparse.ArgumentParser(prog="vwm", description="video world models: JEPA pretraining on Ray")
+    parser.add_argument("--version", action="version", version=f"vwm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pretrain", help="self-supervised V-JEPA pretraining")
     add_training_args(p)
@@ -301,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-objects", type=int, default=4)
     p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// outputs")
     p.set_defaults(func=_data_synth)
+    p = data.add_parser("pack", help="pack a folder or s3:// prefix of videos (and a CSV of labels) into "
+                                     "WebDataset tar shards: KEY.mp4 as it is, KEY.json from the video's CSV row")
+    p.add_argument("--videos", required=True, help="folder or s3:// prefix; every video below it is packed")
+    p.add_argument("--labels", default=None, help="CSV with a path column (relative to --videos) and label columns")
+    p.add_argument("--out", required=True, help="folder or s3:// prefix for shard-NNNNN.tar files")
+    p.add_argument("--shard-videos", type=int, default=1000, help="videos per shard at most")
+    p.add_argument("--shard-mb", type=float, default=1000.0, help="megabytes per shard, about")
+    p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// inputs and outputs")
+    p.set_defaults(func=_data_pack)
     p = data.add_parser("inspect", help="count videos, duration, resolutions, fps; list unreadable files")
     p.add_argument("paths", nargs="+", help="files, folders, globs or s3:// prefixes")
     p.add_argument("--endpoint-url", default=None)

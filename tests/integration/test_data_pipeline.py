@@ -268,3 +268,44 @@ def test_bench_data_job_runs_and_writes_its_table(tmp_path, ray_cluster):
     assert all(r["clips"] == 4 * 2 for r in rows) and all(r["clips_per_s"] > 0 for r in rows)
     text = report.read_text()
     assert text.startswith("# Performance") and "| Ray Data pipeline | 2 | 8 |" in text
+
+
+def test_a_packed_folder_of_videos_with_a_csv_trains(tmp_path, ray_cluster, capsys):
+    """`vwm data pack`: loose videos in nested folders (dots in names) and a CSV of labels become shards
+    whose KEY.json holds each video's row; a brace pattern of them trains."""
+    from vwm.cli import main
+    from vwm.configfile import load_config
+    from vwm.data.shards import iter_samples
+    from vwm.tasks.jepa import run_pretrain
+    from tests.conftest import REPO
+
+    videos = tmp_path / "videos"
+    names = ["cam1/clip.a.mp4", "cam1/clip_b.mp4", "cam2/c.mp4", "cam2/deep/d.mp4", "e.mp4"]
+    for i, name in enumerate(names):
+        frames_THWC, _ = render_video(SYN, 3, i)
+        (videos / name).parent.mkdir(parents=True, exist_ok=True)
+        (videos / name).write_bytes(encode_mp4(frames_THWC, SYN.fps))
+    (videos / "notes.txt").write_text("not a video")
+    (tmp_path / "labels.csv").write_text("path,action,speed\ncam1/clip.a.mp4,wave,1.5\ncam1/clip_b.mp4,run,2\n"
+                                         "cam2/c.mp4,wave,0.5\ne.mp4,sit,3\ngone/missing.mp4,run,1\n")
+    code = main(["data", "pack", "--videos", str(videos), "--labels", str(tmp_path / "labels.csv"),
+                 "--out", str(tmp_path / "packed"), "--shard-videos", "3"])
+    out = capsys.readouterr().out
+    assert code == 0 and "wrote 5 videos (4 labelled; 1 label rows named no video) in 2 shards" in out, out
+    pattern = f"{tmp_path}/packed/shard-{{00000..00001}}.tar"
+    assert f'data.paths=["{pattern}"]' in out  # quoted: braces are YAML's too
+    samples = {s.key: s for u in list_sources([pattern]) for s in iter_samples(u)}
+    assert sorted(samples) == ["cam1/clip_a", "cam1/clip_b", "cam2/c", "cam2/deep/d", "e"]
+    assert samples["cam1/clip_a"].meta == {"action": "wave", "speed": 1.5}
+    assert samples["e"].meta == {"action": "sit", "speed": 3} and samples["cam2/deep/d"].meta == {}
+    assert samples["cam2/c"].video == (videos / "cam2/c.mp4").read_bytes()  # stored as it was, not re-encoded
+
+    cfg = load_config(REPO / "configs" / "pretrain" / "debug_shards.yaml",
+                      [f'data.paths=["{pattern}"]', f"train.output_dir={tmp_path}/out", "train.steps=3",
+                       "data.batch_size=2", "train.device=cpu", "tracking.backend=jsonl"])
+    result = run_pretrain(cfg, local=True, progress=False)
+    assert result.summary.final_step == 3 and all(np.isfinite(result.summary.losses))
+    inputs = json.loads((result.run_dir / "inputs.json").read_text())
+    assert inputs[0]["profile"]["files"] == 2 and json.loads(inputs[0]["source"]) == [pattern]
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["data/skipped_videos"] == 0

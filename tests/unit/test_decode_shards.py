@@ -160,3 +160,19 @@ def test_metadata_that_is_not_an_object_is_rejected_naming_the_file(text, kind):
     sample = Sample("k", {"mp4": b"v", "json": text}, source="s.tar#k")
     with pytest.raises(MetadataError, match=rf"s.tar#k.json: metadata must be a JSON object, got {kind}"):
         sample.meta
+
+
+def test_brace_patterns_expand_as_webdataset_writes_them_and_name_missing_files(tmp_path):
+    from vwm.data.shards import DataSourceError, expand_braces, list_sources
+
+    assert expand_braces("s-{00008..00011}.tar") == ["s-00008.tar", "s-00009.tar", "s-00010.tar", "s-00011.tar"]
+    assert expand_braces("{a,b}/{9..10}.tar") == ["a/9.tar", "a/10.tar", "b/9.tar", "b/10.tar"]
+    assert expand_braces("plain.tar.gz") == ["plain.tar.gz"]
+    with pytest.raises(DataSourceError, match="not a range"):
+        expand_braces("s-{5..2}.tar")
+    for i in range(3):
+        (tmp_path / f"shard-{i:05d}.tar.gz").write_bytes(b"")
+    assert list_sources([f"{tmp_path}/shard-{{00000..00002}}.tar.gz"]) == [
+        f"{tmp_path}/shard-{i:05d}.tar.gz" for i in range(3)]
+    with pytest.raises(DataSourceError, match=r"2 of the 5 files it names do not exist \(first: .*shard-00003"):
+        list_sources([f"{tmp_path}/shard-{{00000..00004}}.tar.gz"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -67,6 +68,16 @@ def parse_meta(data: bytes, source: str) -> dict:
         raise MetadataError(f"{source}: metadata must be a JSON object, got {type(meta).__name__} "
                             f"({data[:40]!r}); write an object such as {{\"label\": ...}} or remove the .json member")
     return meta
+
+
+def parse_cell(text: str) -> int | float | str:
+    """A label from a CSV cell: a number where it reads as one, else the text."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
 
 
 @dataclass
@@ -124,8 +135,48 @@ def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path) if fs.protocol not in ("file", ("file", "local")) else path
 
 
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """WebDataset's shard lists: ``shard-{00000..00099}.tar`` (a numeric range, zero-padded as written) and
+    ``{train,val}/x.tar`` (alternatives), any number of braces, in order."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return [pattern]
+    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+    if "," in body or ".." not in body:
+        options = body.split(",")
+    else:
+        lo, _, hi = body.partition("..")
+        if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
+            raise DataSourceError(f"{pattern}: {{{body}}} is not a range like {{00000..00099}}; write "
+                                  "{FIRST..LAST} with FIRST <= LAST, or alternatives {a,b,c}")
+        padded = any(len(x) > 1 and x[0] == "0" for x in (lo, hi))
+        width = max(len(lo), len(hi)) if padded else 0
+        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    return [x for option in options for x in expand_braces(head + option + tail)]
+
+
+def _named_files(fs: fsspec.AbstractFileSystem, path: str, pattern: str) -> list[str]:
+    """The files a brace pattern names, every one of which must exist (one listing per folder)."""
+    named = expand_braces(path)
+    present: set[str] = set()
+    for folder in sorted({p.rsplit("/", 1)[0] for p in named}):
+        try:
+            present.update(p.rstrip("/") for p in fs.ls(folder, detail=False))
+        except FileNotFoundError:
+            pass
+    missing = [p for p in named if p not in present]
+    if missing:
+        raise DataSourceError(f"{pattern}: {len(missing)} of the {len(named)} files it names do not exist (first: "
+                              f"{missing[0]}); fix the range or the folder")
+    return named
+
+
 def list_sources(paths: list[str], endpoint_url: str | None = None) -> list[str]:
-    """Every video file and tar shard under the given files, folders, prefixes or globs, sorted."""
+    """Every video file and tar shard under the given files, folders, prefixes, globs or brace patterns
+    (``shard-{00000..00099}.tar``), sorted."""
     found: list[str] = []
     for pattern in paths:
         fs, path = filesystem(pattern, endpoint_url)
@@ -139,7 +190,9 @@ def list_sources(paths: list[str], endpoint_url: str | None = None) -> list[str]
                 raise
             except Exception as e:  # auth and network errors from botocore
                 raise DataSourceError(f"cannot reach {pattern}: {type(e).__name__}: {e}") from None
-        if fs.isdir(path):
+        if "{" in path:
+            matches = _named_files(fs, path, pattern)
+        elif fs.isdir(path):
             matches = [p for p in fs.find(path) if p.lower().endswith(VIDEO_EXTS + SHARD_EXTS)]
         elif any(c in path for c in "*?["):
             matches = [p for p in fs.glob(path) if p.lower().endswith(VIDEO_EXTS + SHARD_EXTS)]

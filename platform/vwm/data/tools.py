@@ -16,7 +16,7 @@ from vwm.data.synthetic import render_video
 from vwm.data.trajectories import TrajectoryError, TrajectorySummary
 
 
-def _wait_all(refs: list, desc: str) -> list:
+def wait_all(refs: list, desc: str) -> list:
     """ray.get with a progress bar; results in submission order."""
     index = {ref: i for i, ref in enumerate(refs)}
     results: list = [None] * len(refs)
@@ -51,7 +51,7 @@ def run_synth(out: str, *, num_videos: int, shards: int, seed: int, cfg: Synthet
     shards = max(1, min(shards, num_videos))
     parts = np.array_split(np.arange(num_videos), shards)
     refs = [_synth_shard.remote(out, k, part.tolist(), cfg, seed, endpoint_url) for k, part in enumerate(parts)]
-    results = _wait_all(refs, "synth shards")
+    results = wait_all(refs, "synth shards")
     total = sum(r[2] for r in results)
     print(f"wrote {num_videos} videos in {len(results)} shards ({total / 1e6:.1f} MB) under {out}")
     return [r[0] for r in results]
@@ -124,6 +124,6 @@ _inspect_file = ray.remote(num_cpus=1)(inspect_file)
 def run_inspect(paths: list[str], endpoint_url: str | None = None) -> InspectReport:
     sources = list_sources(paths, endpoint_url)
     report = InspectReport()
-    for part in _wait_all([_inspect_file.remote(u, endpoint_url) for u in sources], "inspect"):
+    for part in wait_all([_inspect_file.remote(u, endpoint_url) for u in sources], "inspect"):
         report.merge(part)
     return report

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vwm.config import SYNTHETIC_TARGETS, SyntheticConfig
-from vwm.data.shards import DataSourceError
+from vwm.data.shards import DataSourceError, parse_cell
 from vwm.data.synthetic import clip_labels, render, video_spec
 from vwm.data.transforms import resize_clip
 
@@ -110,15 +110,6 @@ def shard_rows(paths: list[str], endpoint_url: str | None, keys: list[str], *, f
     return torch.stack(clips), rows, sources
 
 
-def _cell(text: str):
-    for parse in (int, float):
-        try:
-            return parse(text)
-        except ValueError:
-            pass
-    return text
-
-
 def csv_rows(path: str, keys: list[str], *, frames: int, frame_step: int, crop: int, count: int, seed: int):
     """Clips of the videos a CSV lists (a ``path`` column, relative to the CSV, and label columns)."""
     table = Path(path)
@@ -145,7 +136,7 @@ def csv_rows(path: str, keys: list[str], *, frames: int, frame_step: int, crop: 
             log.warning("probe set: skipped %s (missing or unreadable)", video)
             continue
         clips.append(clip)
-        rows.append({k: _cell(rec[k]) for k in keys})
+        rows.append({k: parse_cell(rec[k]) for k in keys})
         sources.append(str(video))
     if not clips:
         raise LabelError(f"{table}: none of its {len(records)} videos could be read")
