@@ -13,10 +13,33 @@ from vwm.config import ConfigError
 from vwm.configfile import load_config
 
 
+# commands a verb's --help shows, each run by a test (its config loads as the verb loads it)
+EXAMPLES = {
+    "pretrain": ["vwm pretrain --config configs/pretrain/debug_cpu.yaml --local",
+                 "vwm pretrain --config configs/pretrain/debug_shards.yaml --set train.steps=100",
+                 "vwm pretrain --config configs/pretrain/debug_cpu.yaml --init-from models:/vwm-jepa@candidate"],
+    "posttrain": ["vwm posttrain --config configs/posttrain/debug_cpu.yaml --local"],
+    "evaluate": ["vwm evaluate --config configs/eval/debug_cpu.yaml",
+                 "vwm evaluate probe --config configs/eval/probe_debug.yaml"],
+    "sweep": ["vwm sweep --config configs/sweep/mask_ema_debug.yaml",
+              "vwm sweep --config configs/sweep/mask_ema_debug.yaml --set num_samples=8 --set max_concurrent_trials=2",
+              "vwm sweep --config configs/sweep/mask_ema_probe.yaml --set scheduler.kind=fifo",
+              "vwm sweep --config configs/sweep/pbt_debug.yaml",
+              "vwm config --config configs/sweep/pbt_debug.yaml"],
+    "config": ["vwm config --config configs/pretrain/vjepa_vitl.yaml --set data.paths=[s3://bucket/videos/]",
+               "vwm config --config configs/sweep/mask_ema_debug.yaml"],
+}
+
+
+def _examples(verb: str) -> dict:
+    return {"epilog": "examples:\n  " + "\n  ".join(EXAMPLES[verb]),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, action="append",
-                   help="YAML config, e.g. configs/pretrain/debug_cpu.yaml; repeat to merge files in order "
-                        "(a recipe, then a cluster overlay, then a data overlay)")
+                   help="YAML config (configs/ holds one for each command, see the examples); repeat to merge "
+                        "files in order (a recipe, then a cluster overlay, then a data overlay)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, repeatable: --set model.depth=4 --set train.steps=20")
 
@@ -65,6 +88,8 @@ def train_and_describe(run, cfg, *, local: bool, resume: bool) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     from vwm.tasks.jepa import run_pretrain
 
+    if args.init_from:
+        args.overrides = [*args.overrides, f"train.init_weights={args.init_from}"]
     return train_and_describe(run_pretrain, load_or_exit(args), local=args.local, resume=args.resume)
 
 
@@ -168,10 +193,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return evaluate_and_describe(load_or_exit(args, EvalConfig))
 
 
+def config_model(paths: list[str]) -> type:
+    """The config model a file is for, from the top-level keys only its kind has (default: pretraining)."""
+    import yaml
+
+    from vwm.config import CollectConfig, EvalConfig, PosttrainConfig, PretrainConfig, ProbeEvalConfig
+    from vwm.tune.space import SweepConfig
+
+    keys: set[str] = set()
+    for path in paths:
+        try:
+            data = yaml.safe_load(open(path, encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # load_config says what is wrong with the file
+        keys |= set(data) if isinstance(data, dict) else set()
+    for marker, model in (("space", SweepConfig), ("ac", PosttrainConfig), ("planners", EvalConfig),
+                          ("encoders", ProbeEvalConfig), ("policy", CollectConfig)):
+        if marker in keys:
+            return model
+    return PretrainConfig
+
+
 def _config_show(args: argparse.Namespace) -> int:
+    """Any config the CLI takes (pretrain, posttrain, sweep, evaluate plan or probe, data collect), resolved."""
     from vwm.configfile import to_yaml
 
-    print(to_yaml(load_or_exit(args)), end="")
+    print(to_yaml(load_or_exit(args, config_model(args.config))), end="")
     return 0
 
 
@@ -298,20 +345,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vwm", description="video world models: JEPA pretraining on Ray")
     parser.add_argument("--version", action="version", version=f"vwm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pretrain", help="self-supervised V-JEPA pretraining")
+    p = sub.add_parser("pretrain", help="self-supervised V-JEPA pretraining", **_examples("pretrain"))
     add_training_args(p)
+    p.add_argument("--init-from", metavar="URI", default=None,
+                   help="start from a registered model's weights (same architecture), e.g. models:/vwm-jepa@candidate, "
+                        "runs:/RUN_ID/world_model or a folder: fine-tuning (sets train.init_weights)")
     p.set_defaults(func=_pretrain)
-    p = sub.add_parser("posttrain", help="action-conditioned post-training (V-JEPA 2-AC) on trajectory shards")
+    p = sub.add_parser("posttrain", help="action-conditioned post-training (V-JEPA 2-AC) on trajectory shards",
+                       **_examples("posttrain"))
     add_training_args(p)
     p.set_defaults(func=_posttrain)
     p = sub.add_parser("evaluate", help="plan: plan toward held-out goals with a post-trained world model on Ray "
                                         "actors, beside random actions and CEM on the true simulator; probe: "
-                                        "linear and attentive probes of frozen encoders beside random-init and pixels")
+                                        "linear and attentive probes of frozen encoders beside random-init and pixels",
+                       **_examples("evaluate"))
     p.add_argument("what", nargs="?", choices=["plan", "probe"], default="plan",
                    help="what to evaluate (default: plan)")
     add_config_args(p)
     p.set_defaults(func=_evaluate)
-    p = sub.add_parser("sweep", help="Ray Tune sweep over a pretrain config (every trial a TorchTrainer run)")
+    p = sub.add_parser("sweep", help="Ray Tune sweep over a pretrain config (every trial a TorchTrainer run)",
+                       **_examples("sweep"))
     add_config_args(p)
     p.set_defaults(func=_sweep)
     data = sub.add_parser("data", help="make and inspect video shards").add_subparsers(dest="data_cmd", required=True)
@@ -347,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the run's folder, train.output_dir/RUN_NAME")
     p.set_defaults(func=_publish)
     add_submit_parser(sub)
-    p = sub.add_parser("config", help="print the resolved config (defaults, file, overrides) as YAML")
+    p = sub.add_parser("config", help="print any config the commands take, resolved (defaults, files, overrides), "
+                                      "as YAML", **_examples("config"))
     add_config_args(p)
     p.set_defaults(func=_config_show)
     return parser

@@ -285,6 +285,8 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
     eval_every: int | None = Field(None, ge=1, description="the task's held-out evaluation (reported to Tune) every N steps")
+    init_weights: str | None = Field(None, description="start from this world model's weights (a registered "
+                                     "models:/NAME@ALIAS, runs:/... or a folder of the same architecture)")
 
 
 class DistConfig(_Strict):

@@ -75,8 +75,12 @@ class ACTask:
     def check_inputs(cfg: PosttrainConfig) -> list[dict]:
         """Before any cluster work: trajectory shards, held-out shards and an encoder folder are there.
         Returns what the run reads, for its tracker."""
+        from vwm.config import ConfigError
         from vwm.data.shards import DataSourceError, list_sources
 
+        if cfg.train.init_weights:
+            raise ConfigError("train.init_weights (--init-from) starts a pretraining run from a model's weights; "
+                              "post-training takes its encoder from ac.encoder_uri")
         inputs = [dataset_input("trajectories", "training", list_sources(cfg.data.paths, cfg.data.endpoint_url),
                                 roots=cfg.data.paths)]
         if cfg.monitor.heldout_paths:

@@ -19,11 +19,12 @@ from vwm.data.synthetic import SyntheticClips
 from vwm.eval.probe import heldout_probe, probe_set
 from vwm.eval.rankme import feature_std, heldout_rankme, rankme, token_sample
 from vwm.masks.collate import Batch, MaskCollator
-from vwm.models.artifact import write_artifact
+from vwm.models.artifact import read_world_model, write_artifact
 from vwm.models.jepa import build_models, target_features
 from vwm.models.predictor import gather_tokens
 from vwm.models.preprocess import normalize_clips
 from vwm.models.vit import token_grid
+from vwm.tracking.registry import local_path
 from vwm.tracking.tracker import dataset_input
 from vwm.train.ema import EMATarget, submodule_state
 from vwm.train.trainer import Hook, StepInfo
@@ -62,6 +63,11 @@ class JepaTask:
     def build(self) -> torch.nn.Module:
         c = self.cfg
         jepa, target = build_models(c.model, c.data.frames, c.data.crop, len(c.mask.sets))
+        if c.train.init_weights:  # fine-tuning: context and target encoder start as the model's (EMA) encoder
+            wm = read_world_model(local_path(c.train.init_weights, c.tracking.tracking_uri))
+            for module in (jepa.encoder, target):
+                module.load_state_dict(wm.encoder.state_dict())
+            jepa.predictor.load_state_dict(wm.predictor.state_dict())
         self.ema = EMATarget(target.to(self.device), "encoder", c.optim, c.train.steps)
         self.target = self.ema.module
         return jepa
@@ -88,7 +94,8 @@ class JepaTask:
         predictor = submodule_state(module_state, "predictor")
         write_artifact(directory, kind="vjepa", model_config=c.model, frames=c.data.frames, crop=c.data.crop,
                        weights={"encoder": self.target.state_dict(), "predictor": predictor},
-                       extras={"num_mask_sets": len(c.mask.sets)}, git_commit=self.provenance.get("git_commit"))
+                       extras={"num_mask_sets": len(c.mask.sets)}, git_commit=self.provenance.get("git_commit"),
+                       parent_uri=c.train.init_weights)
 
     # ----------------------------------------------------------------------------------------- data
     @staticmethod
@@ -99,7 +106,11 @@ class JepaTask:
             from vwm.data.shards import list_sources
 
             sources = list_sources(cfg.data.paths, cfg.data.endpoint_url)
+            if cfg.train.init_weights:
+                check_init_weights(cfg)
             return [dataset_input("videos", "training", sources, roots=cfg.data.paths)]
+        if cfg.train.init_weights:
+            check_init_weights(cfg)
         synthetic = {"generator": "vwm.data.synthetic", "seed": cfg.train.seed,
                      **cfg.data.synthetic.model_dump(mode="json")}
         return [dataset_input("synthetic-videos", "training", [], roots=["synthetic"], profile=synthetic)]
@@ -171,6 +182,40 @@ class JepaTask:
         if self._probe is not None:
             metrics.update(heldout_probe(self.target, *self._probe, self.cfg.monitor.probe, self.grid, self.device))
         return metrics
+
+
+_ARCHITECTURE = ("dim", "depth", "heads", "mlp_ratio", "patch_size", "tubelet_size", "pos_embed",
+                 "sincos_uniform_power", "qkv_bias", "predictor")
+
+
+def check_init_weights(cfg: PretrainConfig) -> None:
+    """``train.init_weights`` names a V-JEPA model whose encoder and predictor fit this run's (ConfigError,
+    naming the first key to change, otherwise), read from its manifest alone."""
+    import json
+
+    from vwm.config import ConfigError
+    from vwm.tracking.registry import local_member
+
+    uri = cfg.train.init_weights
+    try:
+        manifest = json.loads(local_member(uri, "manifest.json", cfg.tracking.tracking_uri).read_text())
+    except Exception as e:  # a wrong URI, a server that does not answer, a folder that is no model
+        raise ConfigError(f"train.init_weights={uri}: cannot read its manifest ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); give a registered model, runs:/ URI or "
+                          "world-model folder") from None
+    if manifest.get("kind") != "vjepa":
+        raise ConfigError(f"train.init_weights={uri} is a {manifest.get('kind')} model; pretraining starts from a "
+                          "vjepa (pretraining) model")
+    theirs, ours = manifest["model_config"], cfg.model.model_dump(mode="json")
+    wanted = {**{f"model.{k}": theirs.get(k) for k in _ARCHITECTURE if theirs.get(k) != ours[k]},
+              **{f"data.{k}": manifest["geometry"][k] for k in ("frames", "crop")
+                 if manifest["geometry"][k] != getattr(cfg.data, k)}}
+    if manifest.get("num_mask_sets", len(cfg.mask.sets)) != len(cfg.mask.sets):
+        wanted["mask.sets"] = f"{manifest['num_mask_sets']} sets"
+    if wanted:
+        key, value = next(iter(wanted.items()))
+        raise ConfigError(f"train.init_weights={uri} has another architecture: set {key}={value} "
+                          f"({len(wanted)} key(s) differ: {', '.join(wanted)})")
 
 
 def dataset_epochs(cfg: PretrainConfig, num_sources: int) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from vwm.config import TrainerConfig, TrainConfig, with_overrides
 from vwm.configfile import flatten, to_yaml
 from vwm.tracking.credentials import redact, redact_all, secure_config
+from vwm.tracking.registry import pin
 from vwm.tracking.tracker import Tracker, attach_tracker, make_tracker, run_tags
 from vwm.train import checkpoint as ckpt
 from vwm.train.preflight import preflight
@@ -108,6 +109,8 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
     name. ``init_from`` (Ray only) starts a fresh run from another run's checkpoint (PBT's clones)."""
     cfg = secure_config(cfg)  # before Ray starts: its workers inherit the environment the credentials move to
     inputs = preflight(cfg, task_cls, local=local)
+    if cfg.train.init_weights:  # every rank (and a resume) loads the version the alias names now
+        cfg = with_overrides(cfg, {"train.init_weights": pin(cfg.train.init_weights, cfg.tracking.tracking_uri)})
     if not local:
         from vwm.raycluster import check_capacity, connect
 
