@@ -8,13 +8,13 @@ STAMP := $(VENV)/.installed
 
 # torch goes in first: the CPU wheel 2.13.0 unless a CUDA build is already importable (GPU nodes), so
 # that no later requirement pulls several GB of CUDA wheels.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@if [ ! -x $(BIN)/python ]; then \
 	  if $(PY) -c 'import sys, torch; sys.exit(0 if torch.version.cuda else 1)' 2>/dev/null; then \
 	    echo "using the CUDA build of torch already installed"; $(PY) -m venv --system-site-packages $(VENV); \
 	  else $(PY) -m venv $(VENV); fi; fi
 	@if ! $(BIN)/python -c 'import torch' 2>/dev/null; then $(BIN)/pip install -q torch==2.13.0; fi
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[train,optuna,pusht,test]"
 	@touch $@
 
 install: $(STAMP)

@@ -81,3 +81,24 @@ def test_bad_artifacts_and_inputs_fail_with_what_to_do(tmp_path):
         wm.encode(torch.zeros(4, 64, 64, 3, dtype=torch.uint8))
     with pytest.raises(FileNotFoundError, match=r"models:/NAME@ALIAS"):
         vwm.load_world_model(tmp_path / "missing")
+
+
+def test_a_notebook_loads_a_model_with_the_core_install_alone(tmp_path):
+    """The `train` extra (Ray, DeepSpeed, MLflow, S3, PyAV, ...) is not needed to load and run a model."""
+    import subprocess
+    import sys
+
+    folder, _ = _artifact(tmp_path)
+    code = f"""
+import importlib.abc, sys
+EXTRAS = {{"ray", "deepspeed", "mlflow", "s3fs", "fsspec", "av", "pyarrow", "matplotlib", "gymnasium", "pandas"}}
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in EXTRAS:
+            raise ImportError(f"{{name}} is not installed")
+sys.meta_path.insert(0, NotInstalled())
+import numpy as np, vwm
+print(tuple(vwm.load_world_model({str(folder)!r}).encode(np.zeros((8, 64, 64, 3), np.uint8)).shape))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "(1, 256, 96)", out.stderr[-2000:]

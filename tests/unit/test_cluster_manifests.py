@@ -35,7 +35,12 @@ SECRET_VALUE = [
 
 
 def pinned_ray() -> str:
-    return re.search(r'"ray\[[^\]]*\]==([0-9][0-9.]*)"', (REPO / "pyproject.toml").read_text()).group(1)
+    """The Ray version tested (constraints.txt), which pyproject's range admits."""
+    version = re.search(r"^ray==([0-9][0-9.]*[0-9])$", (REPO / "constraints.txt").read_text(), re.M).group(1)
+    low, high = re.search(r'"ray\[[^\]]*\]>=([0-9.]+),<([0-9.]+)"', (REPO / "pyproject.toml").read_text()).groups()
+    as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    assert as_tuple(low) <= as_tuple(version) < as_tuple(high), (low, version, high)
+    return version
 
 
 def pinned_torch() -> str:
