@@ -74,7 +74,10 @@ def test_distributed_run_on_shards_tracks_to_mlflow_and_registers_the_model(trac
                  "perf/data_wait_s", "repr/std", "repr/rankme", "data/skipped_videos"):
         assert client.get_metric_history(run.info.run_id, name), name
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert artifacts == {"config.yaml", "world_model"}  # the model, not the optimizer state (its URI is a param)
+    # the model and pictures, not the optimizer state (the checkpoint's URI is a param)
+    assert artifacts == {"config.yaml", "world_model", "pictures"}
+    pictures = {a.path for a in client.list_artifacts(run.info.run_id, "pictures")}
+    assert pictures == {"pictures/masks.mp4", "pictures/pca_step_0000001.mp4", "pictures/pca_step_0000008.mp4"}
 
     version = client.get_model_version_by_alias("vwm-test-jepa", "candidate")  # tracking.alias's default
     assert version.version == "1" and version.run_id == run.info.run_id

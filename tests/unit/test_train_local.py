@@ -175,3 +175,16 @@ def test_ctrl_c_marks_the_run_killed_says_how_to_resume_and_resume_clears_it(tmp
     assert again.returncode == 0 and f"already at step {done}" in again.stdout, again.stdout[-2000:]
     tags = json.loads((run_dir / "tags.json").read_text())
     assert "interrupted" not in tags and tags["status"] == "FINISHED"
+
+
+def test_run_logs_its_mask_and_pca_pictures_as_videos(tmp_path):
+    import av
+
+    s = run_local(_cfg(tmp_path, "train.steps=4", "monitor.every=2", "monitor.pictures=2"))
+    pictures = s.run_dir / "artifacts" / "pictures"
+    assert sorted(p.name for p in pictures.iterdir()) == [
+        "masks.mp4", "pca_step_0000001.mp4", "pca_step_0000002.mp4", "pca_step_0000004.mp4"]
+    for name, width in (("masks.mp4", 64 * 3), ("pca_step_0000004.mp4", 64 * 2)):  # clip | mask sets or PCA
+        with av.open(str(pictures / name)) as f:
+            frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
+        assert len(frames) == 8 and frames[0].shape == (2 * 64 + 2, width, 3), (name, frames[0].shape)

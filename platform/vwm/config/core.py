@@ -357,6 +357,9 @@ class MonitorConfig(_Strict):
 
     every: int = Field(50, ge=1, description="feature std and RankMe of the training targets every N steps")
     eval_clips: int = Field(16, ge=2, description="held-out clips for eval/rankme: synthetic videos, another seed")
+    pictures: int = Field(4, ge=0, description="clips in the mp4s under the run's pictures/ artifacts (masks at "
+                          "the start; PCA of target features at the first step, eval steps or every N steps, the end)"
+                          "; 0: none")
     probe: ProbeConfig = ProbeConfig()
 
 

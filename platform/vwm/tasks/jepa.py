@@ -58,6 +58,8 @@ class JepaTask:
         self.grid = token_grid(cfg.model, cfg.data.frames, cfg.data.crop)
         self.target: torch.nn.Module | None = None
         self.last_target_BND: torch.Tensor | None = None  # the last step's targets, for the collapse monitors
+        self._heldout: torch.Tensor | None = None
+        self._first_batch: tuple | None = None  # rank 0's first clips and masks, for the pictures
 
     # ---------------------------------------------------------------------------------------- model
     def build(self) -> torch.nn.Module:
@@ -77,6 +79,9 @@ class JepaTask:
         masks = [(c.to(self.device, non_blocking=True), t.to(self.device, non_blocking=True)) for c, t in batch.masks]
         target_BND = target_features(self.target, clips_BCTHW)
         preds = engine(clips_BCTHW, masks)
+        if self._first_batch is None and self.rank == 0 and self.cfg.monitor.pictures:
+            n = self.cfg.monitor.pictures
+            self._first_batch = (batch.clips_BTHWC[:n].cpu(), [(c[:n].cpu(), t[:n].cpu()) for c, t in batch.masks])
         self.last_target_BND = target_BND
         return jepa_loss(preds, target_BND, masks), {"train/ema_momentum": self.ema.momentum(step)}
 
@@ -168,11 +173,40 @@ class JepaTask:
             self._probe = (probe_set(self.cfg.data, self.cfg.monitor.probe, self.cfg.train.seed)
                            if self.cfg.monitor.probe.label and self.rank == 0 else None)
             hooks.append(Hook("held-out eval", self.cfg.train.eval_every, self._evaluate, all_ranks=True, report=True))
+        if self.cfg.monitor.pictures:
+            hooks.append(Hook("pictures", self.cfg.train.eval_every or self.cfg.monitor.every, self._pictures,
+                              first=True))
         return hooks
 
     def _monitor(self, info: StepInfo) -> dict[str, float]:
         rows_ND = token_sample(self.last_target_BND)
         return {"repr/std": feature_std(rows_ND), "repr/rankme": rankme(rows_ND)}
+
+    def _pictures(self, info: StepInfo) -> None:
+        """The first batch's clips with their masks (a fresh run's first step), and a PCA video of held-out
+        clips' target features (the first step, eval steps, the end) as mp4 under the run's ``pictures/``.
+        Pictures are not worth a run: a failure is a warning."""
+        import logging
+        import tempfile
+
+        from vwm.eval.pictures import mask_video, pca_video
+
+        n, m = self.cfg.monitor.pictures, self.cfg.model
+        try:
+            with tempfile.TemporaryDirectory(prefix="vwm-pictures-") as tmp:
+                if info.done == 1 and self._first_batch is not None:
+                    clips, masks = self._first_batch
+                    info.tracker.log_artifact(mask_video(clips, masks, self.grid, m.patch_size, m.tubelet_size,
+                                                         f"{tmp}/masks.mp4"), "pictures")
+                clips = self._heldout[:n] if self._heldout is not None else (
+                    self._first_batch[0] if self._first_batch is not None else None)
+                if clips is not None:
+                    features_BND = target_features(self.target, normalize_clips(clips.to(self.device)))
+                    info.tracker.log_artifact(pca_video(clips, features_BND.float(), self.grid, m.tubelet_size,
+                                                        f"{tmp}/pca_step_{info.done:07d}.mp4"), "pictures")
+        except Exception as e:
+            logging.getLogger(__name__).warning("pictures at step %d not logged (%s: %s)", info.done,
+                                                type(e).__name__, e)
 
     def _checksum(self, info: StepInfo) -> None:
         self.ema.check_replicas(info.done, info.engine)

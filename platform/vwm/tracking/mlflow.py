@@ -10,6 +10,7 @@ import base64
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -303,6 +304,8 @@ def save_pyfunc(artifact: Path, into: Path) -> Path:
 
     code = into.parent / "vwm_world_model.py"
     code.write_text(_MODEL_CODE)
+    if artifact.name != "world_model":  # MLflow keeps the folder's name: _PYFUNC_INNER is where loaders look
+        artifact = Path(shutil.copytree(artifact, into.parent / "stage" / "world_model"))
     bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a bar for copying two local files
     try:

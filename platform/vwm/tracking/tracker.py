@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,15 @@ class JsonlTracker(NoopTracker):
 
     def log_inputs(self, inputs):
         (self.run_dir / "inputs.json").write_text(json.dumps(inputs, indent=1))
+
+    def log_artifact(self, path, artifact_path=None):
+        """A copy under ``run_dir/artifacts/[artifact_path]/``, as MLflow keeps a run's files."""
+        path, target = Path(path), self.run_dir / "artifacts" / (artifact_path or "")
+        target.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            shutil.copytree(path, target / path.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(path, target / path.name)
 
     def child(self, run_name, tags=None):
         child = JsonlTracker(self.run_dir / run_name)

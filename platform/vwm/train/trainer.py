@@ -44,6 +44,7 @@ class StepInfo:
     loss: float
     extras: dict[str, float]
     engine: Any  # the trainable module's engine: for hooks that evaluate or compare it
+    tracker: Tracker  # the run's on rank 0 (a no-op elsewhere): for hooks that log files
 
 
 @dataclass
@@ -202,7 +203,7 @@ class Trainer:
             summary.losses.append(out.loss)
             if (micro + 1) % acc:
                 continue
-            info = StepInfo(micro // acc, micro // acc + 1, end_step, out.loss, out.extras, self.engine)
+            info = StepInfo(micro // acc, micro // acc + 1, end_step, out.loss, out.extras, self.engine, env.tracker)
             metrics, mean_loss = {}, None  # the ranks' mean loss, computed (collectively) at log steps
             if info.step % t.log_every == 0 or info.done == end_step:
                 metrics = self._train_metrics(out, summary, getattr(batch, "position", None))
