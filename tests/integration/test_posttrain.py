@@ -65,6 +65,15 @@ def test_posttrain_on_ray_train_writes_an_ac_world_model(encoder_and_data):
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["kind"] == "vjepa-ac" and manifest["parent_uri"] == str(encoder)
     assert manifest["action_dim"] == 10 and manifest["state_dim"] == 2 and manifest["frameskip"] == 5
+    # imagined futures at the eval steps: frames | their features | the rollout's, for 4 held-out windows
+    pictures = result.run_dir / "artifacts" / "pictures"
+    assert sorted(p.name for p in pictures.iterdir()) == ["rollout_step_0000002.mp4", "rollout_step_0000004.mp4"]
+    import av
+
+    with av.open(str(pictures / "rollout_step_0000004.mp4")) as f:
+        video = [frame.to_ndarray(format="rgb24") for frame in f.decode(video=0)]
+    crop = manifest["geometry"]["crop"]
+    assert len(video) == cfg.data.frames and video[0].shape == (4 * crop + 6, 3 * crop, 3)
     assert [r["train/ema_momentum"] for r in rows if "train/ema_momentum" in r] == [0.5] * 4
     parent = vwm.load_world_model(encoder).encoder.state_dict()
     trained = vwm.load_world_model(artifact).encoder.encoder.state_dict()

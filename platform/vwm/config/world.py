@@ -190,6 +190,8 @@ class ACMonitorConfig(_Strict):
     heldout_paths: list[str] = Field(default_factory=list, description="held-out trajectory shards for "
                                      "eval/rollout_l1@k at train.eval_every (vwm data collect's held_out/)")
     heldout_windows: int = Field(32, ge=1)
+    pictures: int = Field(4, ge=0, description="held-out windows in the imagined-futures mp4s logged at eval "
+                          "steps (frames | true features | rollout, PCA as RGB); 0: none")
 
 
 class PosttrainConfig(TrainerConfig):

@@ -229,3 +229,14 @@ def pca_video(clips_BTHWC, features_BND, grid: Grid, tubelet_size: int, path: st
     clips = _numpy(clips_BTHWC)
     pca = pca_feature_frames(features_BND, grid, clips.shape[2], tubelet_size)
     return write_video(path, tile(side_by_side(clips, pca), columns=1, gap=2), fps=fps)
+
+
+def rollout_video(frames_BTHWC, true_BTND, imagined_BTND, grid_hw: tuple[int, int], path: str | Path,
+                  fps: int = 2) -> Path:
+    """One row per window: its frames, the encoder's features of them, and the features the world model
+    imagined from the first frame and the actions (PCA as RGB, fitted on both, so colours compare)."""
+    frames = _numpy(frames_BTHWC)
+    B, T = frames.shape[:2]
+    both = torch.cat([torch.as_tensor(true_BTND), torch.as_tensor(imagined_BTND)]).float()
+    pca = pca_feature_frames(both.flatten(1, 2), (T, *grid_hw), frames.shape[2], 1)
+    return write_video(path, tile(side_by_side(frames, pca[:B], pca[B:]), columns=1, gap=2), fps=fps)

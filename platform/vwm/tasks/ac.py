@@ -228,10 +228,36 @@ class ACTask:
         module = info.engine.module
         module.eval()
         try:
+            if self.rank == 0 and self.cfg.monitor.pictures:
+                self._imagined_futures(module.predictor, info)
             return rollout_metrics(module.predictor, self.target, self._heldout, self.cfg.data.frames - 1,
                                    self.device)
         finally:
             module.train()
+
+    def _imagined_futures(self, predictor, info: StepInfo) -> None:
+        """``pictures/rollout_step_N.mp4``: held-out windows, their features, and the rollout's (a warning,
+        never the end of a run, when it cannot be logged)."""
+        import logging
+        import tempfile
+
+        from vwm.eval.pictures import rollout_video
+
+        n, w = self.cfg.monitor.pictures, self._heldout
+        try:
+            frames_BTHWC = w.frames_BTHWC[:n]
+            z_BTND = self.target(frames_BTHWC.to(self.device))
+            roll_BHND, _ = rollout(predictor, z_BTND[:, 0], w.actions_BTA[:n].to(self.device),
+                                   w.states_BTS[:n, 0].to(self.device))
+            imagined_BTND = torch.cat([z_BTND[:, :1], roll_BHND], dim=1)
+            pool = self.cfg.ac.pool
+            grid_hw = (pool, pool) if pool else tuple(self.target.grid_hw)
+            with tempfile.TemporaryDirectory(prefix="vwm-pictures-") as tmp:
+                info.tracker.log_artifact(rollout_video(frames_BTHWC, z_BTND.cpu(), imagined_BTND.cpu(), grid_hw,
+                                                        f"{tmp}/rollout_step_{info.done:07d}.mp4"), "pictures")
+        except Exception as e:
+            logging.getLogger(__name__).warning("imagined futures at step %d not logged (%s: %s)", info.done,
+                                                type(e).__name__, e)
 
 
 @torch.no_grad()
