@@ -56,3 +56,16 @@ def test_cli_fine_tunes_from_a_folder_and_records_it(trained, tmp_path, capsys):
     bad = main(["pretrain", "--local", "--config", str(DEBUG_CONFIG), "--init-from", str(tmp_path / "nowhere"),
                 "--set", f"train.output_dir={tmp_path}/x"])
     assert bad == 2 and "train.init_weights=" in capsys.readouterr().err
+
+
+def test_a_resume_keeps_the_weights_the_run_started_from(trained, tmp_path):
+    """The configured URI may name another version by now (an alias moved): a resume takes the one the run
+    recorded, and its weights come from the checkpoint anyway."""
+    cfg = load_config(DEBUG_CONFIG, [f"train.output_dir={tmp_path}", "train.device=cpu", "train.steps=4",
+                                     "train.checkpoint_every=2", f"train.init_weights={trained}"])
+    first = run_pretrain(cfg, local=True, progress=False, stop_at=2)
+    moved = load_config(DEBUG_CONFIG, [f"train.output_dir={tmp_path}", "train.device=cpu", "train.steps=4",
+                                       "train.checkpoint_every=2", f"train.init_weights={tmp_path}/gone"])
+    rest = run_pretrain(moved, local=True, progress=False, resume=True)
+    assert rest.name == first.name and rest.summary.start_step == 2 and rest.summary.final_step == 4
+    assert load_config(rest.run_dir / "config.yaml").train.init_weights == str(trained)

@@ -83,3 +83,13 @@ def test_vwm_folder_finds_the_artifact_inside_an_mlflow_model(tmp_path, layout):
         assert vwm_folder(tmp_path) == tmp_path / "artifacts" / "world_model"
     else:
         assert vwm_folder(tmp_path) == tmp_path  # read_world_model then says what the folder lacks
+
+
+def test_the_recorded_command_line_masks_secret_options(monkeypatch):
+    from vwm.tracking.tracker import run_tags
+
+    monkeypatch.setattr("sys.argv", ["default_worker.py", "--redis-password=abc", "--token", "xyz",
+                                     "--set", "tracking.tracking_uri=http://u:pw@host:5000", "--node-ip-address=1.2"])
+    source = run_tags("pretrain", "r")["mlflow.source.name"]
+    assert not any(secret in source for secret in ("abc", "xyz", ":pw@")), source
+    assert source.startswith("default_worker.py --redis-password=*** --token ***") and "1.2" in source

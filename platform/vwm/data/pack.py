@@ -50,7 +50,7 @@ def read_labels(path: str, endpoint_url: str | None) -> dict[str, dict]:
     if not fs.isfile(inner):
         raise DataSourceError(f"--labels {path}: no such file; give a CSV with a path column and label columns")
     with fs.open(inner, "rb") as f:
-        reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
+        reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))  # a spreadsheet's BOM
         if "path" not in (reader.fieldnames or []):
             raise DataSourceError(f"--labels {path}: no 'path' column (columns: {reader.fieldnames}); the header "
                                   "needs path and the label columns")

@@ -228,7 +228,7 @@ class ACTask:
         module = info.engine.module
         module.eval()
         try:
-            if self.rank == 0 and self.cfg.monitor.pictures:
+            if self.cfg.monitor.pictures:  # every rank rolls out (ZeRO-3 gathers the predictor collectively)
                 self._imagined_futures(module.predictor, info)
             return rollout_metrics(module.predictor, self.target, self._heldout, self.cfg.data.frames - 1,
                                    self.device)
@@ -236,8 +236,8 @@ class ACTask:
             module.train()
 
     def _imagined_futures(self, predictor, info: StepInfo) -> None:
-        """``pictures/rollout_step_N.mp4``: held-out windows, their features, and the rollout's (a warning,
-        never the end of a run, when it cannot be logged)."""
+        """``pictures/rollout_step_N.mp4``: held-out windows, their features, and the rollout's, written by
+        rank 0 (a warning, never the end of a run, when it cannot be logged)."""
         import logging
         import tempfile
 
@@ -249,6 +249,8 @@ class ACTask:
             z_BTND = self.target(frames_BTHWC.to(self.device))
             roll_BHND, _ = rollout(predictor, z_BTND[:, 0], w.actions_BTA[:n].to(self.device),
                                    w.states_BTS[:n, 0].to(self.device))
+            if self.rank != 0:
+                return
             imagined_BTND = torch.cat([z_BTND[:, :1], roll_BHND], dim=1)
             pool = self.cfg.ac.pool
             grid_hw = (pool, pool) if pool else tuple(self.target.grid_hw)

@@ -300,8 +300,6 @@ def save_pyfunc(artifact: Path, into: Path) -> Path:
     the artifact under ``artifacts/``)."""
     import torch
 
-    from vwm import __version__
-
     code = into.parent / "vwm_world_model.py"
     code.write_text(_MODEL_CODE)
     if artifact.name != "world_model":  # MLflow keeps the folder's name: _PYFUNC_INNER is where loaders look
@@ -311,10 +309,11 @@ def save_pyfunc(artifact: Path, into: Path) -> Path:
     try:
         with warnings.catch_warnings():  # the signature stands in for an input example (which would run it)
             warnings.filterwarnings("ignore", message=".*input example", category=UserWarning)
+            # vwm itself is not named: it is not on a package index, and an environment manager would install
+            # whatever package took the name; the model's code needs vwm installed where it loads
             mlflow.pyfunc.save_model(str(into), python_model=str(code), artifacts={"world_model": str(artifact)},
                                      signature=_signature(artifact),
-                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                                       f"vwm=={__version__}"])
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     finally:
         if bar is None:
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
@@ -352,7 +351,9 @@ class MLflowRegistry:
         return f"models:/{name}/{version}"
 
     def download(self, uri: str) -> Path:
-        return download_artifacts(uri, self.uri)
+        from vwm.tracking.registry import vwm_folder
+
+        return vwm_folder(download_artifacts(uri, self.uri))
 
 
 def _model_version(client: MlflowClient, uri: str, tracking: str):

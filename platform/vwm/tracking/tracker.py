@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -266,10 +267,15 @@ def describe(handle: dict) -> list[str]:
     return []
 
 
+# --redis-password=X, --token X, AWS_SECRET_ACCESS_KEY=X: values of options that name a secret
+_SECRET_OPTION = re.compile(r"((?:password|passwd|token|secret|api[_-]?key|access[_-]?key)[\w-]*(?:=|\s+))\S+", re.I)
+
+
 def run_tags(kind: str, name: str) -> dict[str, str]:
     """Where a run comes from, under MLflow's own system tag names (its UI shows them as source, user and
     commit): the command line (credentials masked), the user, the commit of the vwm checkout."""
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+    command = _SECRET_OPTION.sub(r"\1***", command)
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # a container user without a passwd entry

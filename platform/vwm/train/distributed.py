@@ -19,8 +19,8 @@ from vwm.train import checkpoint as ckpt
 from vwm.train.trainer import RunEnv, Trainer, resolve_device, seed_everything
 
 
-def all_reduce_mean(x: float) -> float:
-    t = torch.tensor([x], dtype=torch.float64)
+def all_reduce_mean(x: float, device: torch.device | None = None) -> float:
+    t = torch.tensor([x], dtype=torch.float64, device=device)  # NCCL groups reduce CUDA tensors only
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
 
@@ -112,7 +112,8 @@ def train_loop_per_worker(config: dict) -> None:
     env = RunEnv(rank=rank, device=device, autocast_dtype=autocast_dtype, tracker=tracker,
                  sink=RaySink(engine, task, rank=rank, total_steps=cfg.train.steps, tmp_root=temp_root(cfg, rank)),
                  skipped_videos=skipped_videos,
-                 mean_across_ranks=all_reduce_mean, progress=config.get("progress", "lines"), name=cfg.train.run_name,
+                 mean_across_ranks=lambda x: all_reduce_mean(x, device), progress=config.get("progress", "lines"),
+                 name=cfg.train.run_name,
                  restored=checkpoint is not None and checkpoint is not config.get("init_from"))
     try:
         end = min(config.get("stop_at") or cfg.train.steps, cfg.train.steps)

@@ -95,7 +95,10 @@ def open_run(cfg: TrainerConfig, *, kind: str, resume: bool, tags: dict[str, str
         unused = cfg.unused_keys(local)
         tracker.log_params(redact_all({k: v for k, v in flatten(cfg).items() if not k.startswith(unused)}))
         if inputs:
-            tracker.log_inputs(inputs)
+            try:
+                tracker.log_inputs(inputs)
+            except Exception as e:  # a record about the run is not worth the run
+                log.warning("could not log the run's inputs (%s: %s)", type(e).__name__, redact(str(e))[:200])
         tracker.log_artifact(run_dir / "config.yaml")
         handle_file.write_text(json.dumps(redact_all(tracker.handle())))
     return Run(name, run_dir, cfg, tracker, provenance, inputs or [])
@@ -108,6 +111,8 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
     would), schedules still laid out over ``train.steps``; ``resume=True`` continues the newest run of the
     name. ``init_from`` (Ray only) starts a fresh run from another run's checkpoint (PBT's clones)."""
     cfg = secure_config(cfg)  # before Ray starts: its workers inherit the environment the credentials move to
+    if resume and cfg.train.init_weights:  # the version the run started from, not the one an alias names now
+        cfg = with_overrides(cfg, {"train.init_weights": _started_from(cfg) or cfg.train.init_weights})
     inputs = preflight(cfg, task_cls, local=local)
     if cfg.train.init_weights:  # every rank (and a resume) loads the version the alias names now
         cfg = with_overrides(cfg, {"train.init_weights": pin(cfg.train.init_weights, cfg.tracking.tracking_uri)})
@@ -153,6 +158,19 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
                                 status=status)
     result.model_uri = model_uri
     return result
+
+
+def _started_from(cfg: TrainerConfig) -> str | None:
+    """``train.init_weights`` as the newest run of this name recorded it (pinned when it started)."""
+    from vwm.configfile import load_config
+
+    folder = Path(cfg.train.output_dir).resolve() / run_name(cfg.train, resume=True) / "config.yaml"
+    if not folder.is_file():
+        return None
+    try:
+        return load_config(folder, model=type(cfg)).train.init_weights
+    except Exception:  # an unreadable record: the configured value stands
+        return None
 
 
 def _tag(run: Run, tags: dict[str, str]) -> None:
@@ -270,6 +288,7 @@ def _fit_ray(run: Run, task_cls, *, resume: bool, stop_at: int | None, callbacks
                                  description=recipe(run, step, workers=cfg.dist.num_workers,
                                                     engine=f"DeepSpeed ZeRO-{cfg.dist.zero_stage} on "
                                                            f"{'cuda' if use_gpu else 'cpu'}",
-                                                    precision=cfg.train.precision))
+                                                    precision="bf16" if cfg.train.precision == "bf16" or (
+                                                        cfg.train.precision == "auto" and use_gpu) else "fp32"))
     return TrainResult(run.name, run.dir, result.checkpoint.path if result.checkpoint else None, run.tracker.handle(),
                        None, dict(result.metrics or {})), final

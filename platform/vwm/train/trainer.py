@@ -223,7 +223,8 @@ class Trainer:
                 summary.last_checkpoint = env.sink.save(info.done, getattr(batch, "position", None),
                                                         {"train/loss": loss, **reported})
             elif reported:
-                loss = out.loss if mean_loss is None else mean_loss
+                # report hooks run on every rank (a Ray report is collective), so the mean is too
+                loss = env.mean_across_ranks(out.loss) if mean_loss is None else mean_loss
                 env.sink.report(info.done, {"step": info.done, "train/loss": loss, **reported})
             summary.final_step = info.done
             bar.update(1)
@@ -240,7 +241,11 @@ class Trainer:
         if last is None and not self.env.restored:
             return -1  # a fresh run
         restarts = tracker.last_point("train/restarts")
-        tracker.log_metrics({"train/restarts": (restarts[1] if restarts else 0) + 1}, start_step)
+        count = (restarts[1] if restarts else 0) + 1
+        tracker.log_metrics({"train/restarts": count}, start_step)
+        if self.env.progress == "lines":
+            sys.stdout.write(f"{self.env.name}: restart {count:g}, continuing from step {start_step}\n")
+            sys.stdout.flush()
         return last[0] if last else -1
 
     def _micro_step(self, batch, step: int) -> _Micro:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from vwm.configfile import load_config, to_yaml
 from vwm.raycluster import connect
 from vwm.raycompat import TrainToTune, check_ray_version, remove_orphaned_groups
 from vwm.tracking.credentials import secure_config
-from vwm.tracking.tracker import make_tracker, nested_under
+from vwm.tracking.tracker import make_tracker, nested_under, run_tags
 from vwm.tune.space import SweepConfig, check_space, decode_sample, distribution, override, param_space
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class SweepResult:
     iterations: list[int]  # reports per trial: fewer than the others means the scheduler stopped it early
 
 
-def _trial(config: dict, *, sweep: SweepConfig, base_path: Path, name: str, parent: dict, out: Path) -> None:
+def _trial(config: dict, *, sweep: SweepConfig, base_path: Path, name: str, parent: dict, out: Path,
+           sweep_source: str) -> None:
     """One trial: a TorchTrainer run in a thread, its reports relayed to Tune from this (the trial's) thread.
     ``base_path`` is the sweep's base config with its paths made absolute (Tune runs trials in their own
     folders)."""
@@ -51,7 +53,8 @@ def _trial(config: dict, *, sweep: SweepConfig, base_path: Path, name: str, pare
 
     sampled = decode_sample(sweep, config["space"])
     trial_id = tune.get_context().get_trial_id()
-    tags = {"sweep": name, "trial_id": trial_id, **nested_under(parent)}
+    # a trial runs in a Ray worker, whose command line is Ray's: the sweep's is the run's source
+    tags = {"sweep": name, "trial_id": trial_id, **nested_under(parent), "mlflow.source.name": sweep_source}
     try:
         cfg = load_config(base_path, [*(override(k, v) for k, v in sampled.items()),
                                       f"train.run_name={name}-{trial_id}"])
@@ -99,7 +102,9 @@ def _pinned(base: PretrainConfig, parent: dict) -> PretrainConfig:
         "data.paths": [pin(p) for p in base.data.paths], "train.output_dir": pin(base.train.output_dir),
         "monitor.probe.paths": [pin(p) for p in base.monitor.probe.paths],
         "dist.storage_path": pin(base.dist.storage_path),
-        "tracking.tracking_uri": parent.get("tracking_uri", base.tracking.tracking_uri)})
+        "tracking.tracking_uri": parent.get("tracking_uri", base.tracking.tracking_uri),
+        # the experiment as the driver resolved it ($MLFLOW_EXPERIMENT_NAME may not reach trial processes)
+        "tracking.experiment": base.tracking.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "vwm"})
 
 
 def _record_rejected(base, run_dir: Path, run_name: str, tags: dict, sampled: dict, error: str) -> None:
@@ -174,7 +179,8 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
     name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(sweep.output_dir).resolve() / name
     out.mkdir(parents=True, exist_ok=True)
-    parent = make_tracker(base.tracking, out, run_name=name, tags={"sweep": name, "kind": "sweep"})
+    parent = make_tracker(base.tracking, out, run_name=name, tags={**run_tags("sweep", name), "sweep": name,
+                                                                   "kind": "sweep"})
     parent.log_params({"sweep.space": json.dumps({k: v.model_dump() for k, v in sweep.space.items()})[:6000],
                        "sweep.search": sweep.search, "sweep.scheduler": sweep.scheduler.kind,
                        "sweep.metric": sweep.metric, "sweep.mode": sweep.mode, "sweep.base": sweep.base})
@@ -184,7 +190,8 @@ def run_sweep(sweep: SweepConfig) -> SweepResult:
     # the trial function only waits on its TorchTrainer: half a CPU, so that on a small node the next
     # trial's workers fit even while a stopped trial's resources are still being released
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, sweep=sweep, base_path=base_path, name=name, parent=parent.handle(), out=out),
+        tune.with_parameters(_trial, sweep=sweep, base_path=base_path, name=name, parent=parent.handle(), out=out,
+                             sweep_source=run_tags("sweep", name)["mlflow.source.name"]),
         {"cpu": sweep.trial_cpus})
     monitor = _SweepMonitor()
     tuner = tune.Tuner(
