@@ -1,5 +1,6 @@
 """vit_l forward + backward at 16x224x224 in bf16 on CUDA; prints step time and peak memory."""
 
+import os
 import time
 
 import pytest
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.gpu
 
 def test_vitl_train_step_bf16_cuda():
     device = torch.device("cuda")
-    batch_size = 8
+    batch_size = int(os.environ.get("VWM_GPU_BATCH", "8"))  # the recipe's per-GPU batch is 24
     cfg = load_config(None, ["model.preset=vit_l", "data.frames=16", "data.crop=224", f"data.batch_size={batch_size}",
                              "train.device=cuda", "train.steps=100"])
     task = JepaTask(cfg, rank=0, device=device, run_name="gpu-check", provenance={})
