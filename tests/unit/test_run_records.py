@@ -18,7 +18,7 @@ from vwm.train.trainer import ProgressLines
 def test_progress_lines_say_step_loss_lr_rankme_rate_and_eta(capsys, monkeypatch):
     clock = iter([100.0, 111.0, 116.0, 121.0])
     monkeypatch.setattr("vwm.train.trainer.time.perf_counter", lambda: next(clock))
-    lines = ProgressLines("run-1", total=40, start=0)
+    lines = ProgressLines("run-1", total=40, start=0, shown={"rankme": ("eval/rankme", "repr/rankme")})
     first = lines.update(1, {"train/loss": 0.8281, "train/lr": 1.9e-4, "repr/rankme": 32.14}, show=True)
     assert first == "run-1 step 1/40  loss 0.8281  lr 1.90e-04  rankme 32.1  first line after 11.0 s"
     lines.update(3, {"repr/rankme": 30.0}, show=False)  # a monitor between log steps: remembered, not shown

@@ -62,6 +62,7 @@ def variance_hinge(z_BTND: torch.Tensor, target: float = 1.0, eps: float = 1e-4)
 class ACTask:
     kind = "ac"
     config_cls = PosttrainConfig
+    progress_metrics = {"rankme": ("repr/rankme",), "vs_copy@1": ("eval/rollout_vs_copy@1",)}
 
     def __init__(self, cfg: PosttrainConfig, *, rank: int, device: torch.device, run_name: str, provenance: dict):
         self.cfg, self.rank, self.device, self.run_name, self.provenance = cfg, rank, device, run_name, provenance

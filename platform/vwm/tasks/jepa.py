@@ -51,6 +51,7 @@ def synthetic_batches(cfg: PretrainConfig, collate: MaskCollator, start_micro: i
 class JepaTask:
     kind = "jepa"
     config_cls = PretrainConfig
+    progress_metrics = {"rankme": ("eval/rankme", "repr/rankme")}  # held-out RankMe when there is one
 
     def __init__(self, cfg: PretrainConfig, *, rank: int, device: torch.device, run_name: str, provenance: dict):
         self.cfg, self.rank, self.device, self.run_name, self.provenance = cfg, rank, device, run_name, provenance

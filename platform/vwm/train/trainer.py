@@ -68,6 +68,7 @@ class Task(Protocol):
     """A model kind on the shared trainer (see vwm/tasks/)."""
 
     samples_per_batch: int
+    progress_metrics: dict[str, tuple[str, ...]]  # what progress lines show beside the loss: label -> metrics
 
     @staticmethod
     def check_inputs(cfg) -> list[dict]: ...  # raise naming a missing input; else the inputs to log
@@ -124,18 +125,24 @@ class _Micro:
 
 
 class ProgressLines:
-    """A line per log step (``RUN step 20/40  loss 0.5269  lr 1.2e-04  rankme 14.2  0.85 s/step  ETA 0:00:17``):
+    """A line per log step (``RUN step 20/40  loss 0.5269  lr 1.2e-04  LABEL VALUE ...  0.85 s/step  ETA 0:00:17``):
     what a distributed run's rank 0 prints, where a redrawn bar would reach the driver as a new line per
-    redraw. Seconds per step are wall time since the previous line, data waits and hooks included."""
+    redraw. Seconds per step are wall time since the previous line, data waits and hooks included. ``shown``
+    (the task's ``progress_metrics``): label -> metric names, the first one present wins, the latest value
+    stays until a newer one comes (monitors run between log steps)."""
 
-    def __init__(self, name: str, total: int, start: int):
+    def __init__(self, name: str, total: int, start: int, shown: dict[str, tuple[str, ...]] | None = None):
         self.name, self.total, self.start, self.last_done, self.last_t = name, total, start, start, time.perf_counter()
-        self.rankme: float | None = None
+        self.shown = shown or {}
+        self.latest: dict[str, float] = {}
         self.rate_known = False
 
     def update(self, done: int, metrics: dict[str, float], show: bool) -> str | None:
-        """Note a step's metrics (a monitor's RankMe may come between log steps); print a line if ``show``."""
-        self.rankme = metrics.get("eval/rankme", metrics.get("repr/rankme", self.rankme))
+        """Note a step's metrics; print a line if ``show``."""
+        for label, names in self.shown.items():
+            value = next((metrics[n] for n in names if n in metrics), None)
+            if value is not None:
+                self.latest[label] = value
         if not show:
             return None
         now = time.perf_counter()
@@ -144,8 +151,8 @@ class ProgressLines:
         parts = [f"{self.name} step {done}/{self.total}", f"loss {metrics['train/loss']:.4f}"]
         if "train/lr" in metrics:
             parts.append(f"lr {metrics['train/lr']:.2e}")
-        if self.rankme is not None:
-            parts.append(f"rankme {self.rankme:.1f}")
+        parts += [f"{label} {self.latest[label]:.{3 if abs(self.latest[label]) < 10 else 1}f}"
+                  for label in self.shown if label in self.latest]
         if first:  # start-up (workers, data, first batch) is no rate to extrapolate
             parts.append(f"first line after {s_per_step * max(1, done - self.start):.1f} s")
         else:
@@ -191,7 +198,8 @@ class Trainer:
         summary = RunSummary(self.run_dir, start_step, start_step)
         bar = tqdm(total=t.steps, initial=start_step, disable=not (env.progress == "bar" and env.rank == 0),
                    desc=env.name, dynamic_ncols=True)
-        lines = ProgressLines(env.name, t.steps, start_step) if env.progress == "lines" and env.rank == 0 else None
+        lines = (ProgressLines(env.name, t.steps, start_step, getattr(self.task, "progress_metrics", None))
+                 if env.progress == "lines" and env.rank == 0 else None)
         logged_until = self._note_restart(start_step) if env.rank == 0 else -1
         for micro in range(start_step * acc, end_step * acc):
             t0 = time.perf_counter()
