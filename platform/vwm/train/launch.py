@@ -114,7 +114,7 @@ def run_training(cfg: TrainerConfig, task_cls, *, local: bool = False, resume: b
     if resume and cfg.train.init_weights:  # the version the run started from, not the one an alias names now
         cfg = with_overrides(cfg, {"train.init_weights": _started_from(cfg) or cfg.train.init_weights})
     inputs = preflight(cfg, task_cls, local=local)
-    if cfg.train.init_weights:  # every rank (and a resume) loads the version the alias names now
+    if cfg.train.init_weights:  # an alias pinned to its version now: every rank loads the same one
         cfg = with_overrides(cfg, {"train.init_weights": pin(cfg.train.init_weights, cfg.tracking.tracking_uri)})
     if not local:
         from vwm.raycluster import check_capacity, connect
