@@ -100,17 +100,25 @@ def _registered(snapshot: Path) -> bool:
         return False
 
 
-def test_bench_train_job_reports_a_ratio(tmp_path, ray_cluster):
+def test_bench_train_job_reports_ratios_with_intervals(tmp_path, ray_cluster):
     from vwm.config import BenchTrainConfig
     from vwm.tasks.jepa_bench import run_bench_train
 
     report = tmp_path / "perf.md"
-    rows = run_bench_train(BenchTrainConfig(steps=4, warmup=1, zero_stages=[1], cpus_per_worker=0.5,
-                                            report=str(report), overrides=["train.device=cpu", "data.batch_size=4"]),
-                           out=tmp_path / "bench")
-    assert [r["what"] for r in rows] == ["bare PyTorch loop (1 process)", "Ray Train + DeepSpeed ZeRO-1, 1 worker"]
-    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and rows[1]["clips_per_s"] > 0
-    assert "<!-- bench_train:start -->" in report.read_text()
+    result = run_bench_train(BenchTrainConfig(
+        rounds=2, steps=2, warmup=1, arms={"eager": ["optim.fused=false"], "fused": []}, zero_stages=[1],
+        platform_steps=4, platform_warmup=1, cpus_per_worker=0.5, report=str(report),
+        overrides=["train.device=cpu", "data.batch_size=4"]), out=tmp_path / "bench")
+    steps = result["steps"]
+    assert [(r["model"], r["arm"]) for r in steps] == [("debug", "eager"), ("debug", "fused")]
+    assert steps[0]["speedup"] == (1.0, 1.0, 1.0) and steps[0]["loss_diff"] == 0.0
+    mid, lo, hi = steps[1]["speedup"]
+    assert 0 < lo <= mid <= hi and steps[1]["loss_diff"] < 1e-5  # the fused optimizer computes the same update
+    platform = result["platform"]
+    assert [r["what"] for r in platform] == ["bare PyTorch loop (1 process)", "Ray Train + DeepSpeed ZeRO-1, 1 worker"]
+    assert platform[0]["ratio"] == (1.0, 1.0, 1.0) and platform[1]["ratio"][0] > 0 and platform[1]["clips_per_s"] > 0
+    text = report.read_text()
+    assert "<!-- bench_train:start -->" in text and "<!-- bench_train_step:start -->" in text
 
 
 def test_workers_the_cluster_cannot_place_fail_at_once_before_the_run_opens(tmp_path, ray_cluster):

@@ -237,6 +237,7 @@ class OptimConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(10.0, ge=0, description="0 disables clipping")
+    fused: bool = Field(True, description="torch's fused AdamW kernel (CPU and CUDA); false: its per-tensor loop")
     grad_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
     schedule_scale: float = Field(
         1.0, gt=0, description="lr, weight decay and EMA schedules span round(schedule_scale x train.steps) steps; "
@@ -282,8 +283,15 @@ class TrainConfig(_Strict):
     run_name: str = "pretrain"
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="every worker's device; auto: CUDA where the cluster (or this machine) has GPUs")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 on CPU pays off on CPUs with AMX "
+        "and models of vit_tiny's size and up (docs/performance.md)")
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile of the task's hot modules (dynamic shapes); auto: on CUDA only, where "
+        "inductor pays; on CPU it measured no gain for our models and costs tens of seconds per process")
     max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
+    peak_tflops: float | None = Field(None, gt=0, description="the chip's peak TFLOP/s, for perf/mfu; default: "
+                                      "the dense bf16 peak of a known GPU (H100, H200, A100, L40S, L4, A10)")
     eval_every: int | None = Field(None, ge=1, description="the task's held-out evaluation (reported to Tune) every N steps")
     init_weights: str | None = Field(None, description="start from this world model's weights (a registered "
                                      "models:/NAME@ALIAS, runs:/... or a folder of the same architecture)")
@@ -440,12 +448,30 @@ class BenchDataConfig(_Strict):
 
 
 class BenchTrainConfig(_Strict):
-    """``jobs/bench_train.py``: our Ray Train + DeepSpeed step beside a bare PyTorch loop, same model/batch."""
+    """``jobs/bench_train.py``: the training step by arm (eager, fused, compiled, bf16 ...) for each model, and
+    the platform (Ray Train + DeepSpeed, 1 worker) beside a bare PyTorch loop; arms interleaved over rounds."""
 
     base: str = "configs/pretrain/debug_cpu.yaml"
     overrides: list[str] = Field(default_factory=list, description="--set style overrides of the base config")
-    steps: int = Field(30, ge=2)
-    warmup: int = Field(5, ge=0, description="steps left out of the timing")
-    zero_stages: list[Literal[0, 1, 2, 3]] = Field(default_factory=lambda: [0, 1], min_length=1)
+    models: dict[str, list[str]] = Field(default_factory=lambda: {"debug": []}, min_length=1,
+                                         description="model label -> overrides on top of base and overrides")
+    arms: dict[str, list[str]] = Field(
+        default_factory=lambda: {"eager": ["optim.fused=false", "train.compile=false"],
+                                 "fused": ["train.compile=false"], "compiled": ["train.compile=true"]},
+        min_length=1, description="arm -> overrides; the first arm is the baseline of the speed-ups")
+    rounds: int = Field(5, ge=2, description="rounds; each runs every arm in turn (order rotated per round)")
+    steps: int = Field(10, ge=1, description="timed steps of one arm in one round")
+    warmup: int = Field(3, ge=1, description="steps of each arm before the first round (the compile's among them)")
+    zero_stages: list[Literal[0, 1, 2, 3]] = Field(default_factory=lambda: [0, 1],
+                                                   description="platform arms beside the bare loop; [] skips them")
+    platform_steps: int = Field(30, ge=4, description="steps of each platform and bare-loop run")
+    platform_warmup: int = Field(5, ge=1, description="steps of those runs left out of the timing")
     cpus_per_worker: float = Field(2.0, gt=0)
     report: str | None = "docs/performance.md"
+
+    @model_validator(mode="after")
+    def _timed(self) -> BenchTrainConfig:
+        if self.platform_warmup > self.platform_steps - 2:  # the last step checkpoints: not timed either
+            raise ValueError(f"platform_warmup={self.platform_warmup} leaves no timed step of platform_steps="
+                             f"{self.platform_steps}; make it at most platform_steps - 2")
+        return self

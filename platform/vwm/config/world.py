@@ -228,9 +228,9 @@ class BenchPosttrainConfig(_Strict):
     candidates: int = Field(300, ge=1, description="action sequences per rollout (CEM samples)")
     horizon: int = Field(5, ge=1, description="model steps per rollout")
     pools: list[int | None] = Field(default_factory=lambda: [1, 2, None], min_length=1)
-    repeats: int = Field(5, ge=1, description="timed rollouts per pooling, after one warm-up")
+    repeats: int = Field(5, ge=1, description="timed rollouts per arm in a round")
     cem_iterations: int = Field(30, ge=1, description="iterations of the timed CEM plans")
-    plan_repeats: int = Field(2, ge=1, description="timed CEM plans per pooling")
+    rounds: int = Field(5, ge=2, description="rounds; each times every arm (eager, compiled, bf16) in turn")
     train_steps: int = Field(300, ge=0, description="post-training steps of the learning run; 0 skips it")
     episodes: int = Field(300, ge=10, description="TwoRooms episodes collected for the learning run")
     pretrain_steps: int = Field(60, ge=1, description="debug pretraining steps of the encoder")
@@ -308,6 +308,12 @@ class ActorsConfig(_Strict):
     cpus_per_actor: float = Field(1.0, gt=0, description="also the actor's torch threads (rounded, at least 1)")
     gpus_per_actor: float = Field(0.0, ge=0, description="a fraction shares a GPU between actors; > 0 plans on CUDA")
     episodes_per_task: int = Field(2, ge=1, description="episodes per actor call: small keeps actors evenly busy")
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile the model's rollout in each actor (tens of seconds once per planner "
+        "shape); auto: on CUDA only (on CPU: 1.1-1.25x, docs/performance.md)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="the rollout's autocast; auto: bf16 on CUDA, fp32 on CPU (bf16 on AMX CPUs: about "
+        "2x at the full token grid, docs/performance.md)")
 
 
 class EvalConfig(_Strict):

@@ -103,6 +103,11 @@ class PlannerWorker:
         self.trajectories = load_trajectory_states(self.cfg.episodes)
         needs_model = any(p.planner not in SIMULATOR_PLANNERS for p in self.plans)
         self.model = read_world_model(local_path(model_uri, tracking_uri), device) if needs_model else None
+        if self.model is not None:
+            a, cuda = self.cfg.actors, device == "cuda"
+            bf16 = a.precision == "bf16" or (a.precision == "auto" and cuda)
+            self.model.accelerate(compile=a.compile is True or (a.compile == "auto" and cuda),
+                                  dtype=torch.bfloat16 if bf16 else None)
 
     def run(self, plan_index: int, indices: list[int]) -> list:
         from vwm.planning.dynamics import LearnedDynamics, SimulatorDynamics

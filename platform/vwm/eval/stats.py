@@ -1,4 +1,5 @@
-"""Intervals for evaluation scores: Wilson for rates (success, accuracy), the bootstrap for R^2."""
+"""Intervals for evaluation scores: Wilson for rates (success, accuracy), the bootstrap for R^2 and for the
+median of benchmark rounds."""
 
 from __future__ import annotations
 
@@ -33,3 +34,13 @@ def bootstrap_r2(pred_BK: torch.Tensor, true_BK: torch.Tensor, *, resamples: int
     scores_R = r2_score(pred_BK.double()[idx_RB], true_BK.double()[idx_RB])
     lo, hi = torch.quantile(scores_R, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=scores_R.dtype))
     return float(lo), float(hi)
+
+
+def bootstrap_median(values: list[float], *, resamples: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """The median of ``values`` (e.g. per-round time ratios) and its percentile bootstrap interval."""
+    x_N = torch.tensor(values, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    medians_R = torch.quantile(x_N[torch.randint(0, len(x_N), (resamples, len(x_N)), generator=g)], 0.5, dim=1)
+    lo, hi = torch.quantile(medians_R, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(torch.quantile(x_N, 0.5)), float(lo), float(hi)

@@ -11,6 +11,8 @@ planner compares are made exactly as the ones the predictor was trained on:
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -113,6 +115,14 @@ class ACWorldModel:
         self._stats = {k: torch.tensor(norm[k], dtype=torch.float32)
                        for k in ("action_mean", "action_std", "state_mean", "state_std")}
         self.device = torch.device("cpu")
+        self._rollout, self._autocast = rollout, None
+
+    def accelerate(self, compile: bool = False, dtype: torch.dtype | None = None) -> ACWorldModel:
+        """The planner's hot path faster: ``rollout`` compiled (static shapes: a planner's candidates and
+        horizon stay fixed, so one graph serves all its calls) and/or run under autocast in ``dtype``."""
+        self._rollout = torch.compile(rollout, dynamic=False) if compile else rollout
+        self._autocast = dtype
+        return self
 
     @property
     def kind(self) -> str:
@@ -161,8 +171,11 @@ class ACWorldModel:
         z0 = z0_BND.expand(B, -1, -1) if z0_BND.shape[0] == 1 else z0_BND
         s0 = self._norm(state0_BS, "state")
         s0 = s0.expand(B, -1) if s0.shape[0] == 1 else s0
-        z, s = rollout(self.predictor, z0, actions, s0)
-        return z, self.unnormalize_states(s)
+        amp = (torch.autocast(self.device.type, dtype=self._autocast) if self._autocast is not None
+               else contextlib.nullcontext())
+        with amp:
+            z, s = self._rollout(self.predictor, z0, actions, s0)
+        return z.float(), self.unnormalize_states(s.float())
 
 
 def load_ac_world_model(manifest: dict, weights: dict) -> ACWorldModel:

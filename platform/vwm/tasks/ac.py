@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from vwm.eval.rankme import feature_std, rankme, token_sample
 from vwm.models.ac_predictor import ACPredictor
 from vwm.models.ac_world_model import ACModule, FrameEncoder, rollout
 from vwm.models.artifact import read_world_model, write_artifact
+from vwm.models.flops import ac_step_flops
 from vwm.tracking.registry import local_path
 from vwm.tracking.tracker import dataset_input
 from vwm.train.ema import EMATarget, submodule_state
@@ -120,7 +122,7 @@ class ACTask:
         probe = self.stats["state_dim"] if self.cfg.ac.loss_weights.state_probe else None
         return ACModule(self._predictor(enc), online, state_dim=probe)
 
-    def loss(self, engine, batch: WindowBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, engine, batch: WindowBatch, step: int) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         ac, d = self.cfg.ac, self.device
         frames, actions, states = batch.frames_BTHWC.to(d), batch.actions_BTA.to(d), batch.states_BTS.to(d)
         with torch.no_grad():
@@ -134,16 +136,16 @@ class ACTask:
         w = ac.loss_weights
         loss = w.teacher_forcing * loss_tf + w.rollout * loss_roll + w.state * loss_state
         self.last_z = z_BTND.detach()
-        extras = {"train/loss_tf": float(loss_tf.detach()), "train/loss_rollout": float(loss_roll.detach()),
-                  "train/loss_state": float(loss_state.detach())}
+        extras = {"train/loss_tf": loss_tf.detach(), "train/loss_rollout": loss_roll.detach(),
+                  "train/loss_state": loss_state.detach()}
         if probe_BTS is not None:
             loss_probe = l1(probe_BTS, states)
             loss = loss + w.state_probe * loss_probe
-            extras["train/loss_state_probe"] = float(loss_probe.detach())
+            extras["train/loss_state_probe"] = loss_probe.detach()
         if w.variance:  # the online encoder's features (ac.encoder: ema, checked by the config)
             loss_var = variance_hinge(z_BTND)
             loss = loss + w.variance * loss_var
-            extras["train/loss_variance"] = float(loss_var.detach())
+            extras["train/loss_variance"] = loss_var.detach()
         if ac.encoder == "ema":
             extras["train/ema_momentum"] = self.ema.momentum(step)
         return loss, extras
@@ -151,6 +153,16 @@ class ACTask:
     def after_step(self, engine, step: int) -> None:
         if self.cfg.ac.encoder == "ema":
             self.ema.update(engine, step)
+
+    def hot_modules(self, module: torch.nn.Module) -> list[torch.nn.Module]:
+        return [m for m in (module.predictor, module.encoder, self.target) if m is not None]
+
+    def step_flops(self, batch: WindowBatch) -> int:
+        c, B, T = self.cfg.ac, *batch.frames_BTHWC.shape[:2]
+        p = {"dim": c.predictor.dim, "depth": c.predictor.depth, "mlp_ratio": c.predictor.mlp_ratio}
+        enc_tokens = math.prod(self.target.grid_hw)
+        return ac_step_flops(self.parent.model_config, enc_tokens, p, 2 + self.target.tokens, T, c.rollout_steps, B,
+                             online_encoder=c.encoder == "ema")
 
     def state_dict(self) -> dict:
         return self.ema.state_dict()

@@ -2,8 +2,8 @@
 
 1. The planner's budget: one batched rollout of ``candidates`` action sequences over ``horizon`` model steps
    (one predictor call per step over every candidate), for each ``ac.pool``, with the debug recipe's
-   encoder width and predictor (median of ``repeats`` timed calls after a warm-up); then whole CEM plans
-   of ``candidates`` x ``cem_iterations`` through the planner's ``LearnedDynamics``.
+   encoder width and predictor; then whole CEM plans of ``candidates`` x ``cem_iterations`` through the
+   planner's ``LearnedDynamics``; eager, compiled and compiled under bf16 autocast, interleaved over rounds.
 2. Learning, end to end in this process: TwoRooms episodes collected, a debug encoder pretrained, then
    ``train_steps`` of post-training; it reports steps/s and the held-out rollout L1 against copying the
    last frame (``eval/rollout_vs_copy@k``: below 1 beats the copy).
@@ -25,12 +25,17 @@ from vwm.benchreport import write_block
 from vwm.config import BenchPosttrainConfig, CollectConfig, EnvConfig, ModelConfig, PosttrainConfig, with_overrides
 from vwm.configfile import load_config
 from vwm.models.ac_predictor import ACPredictor
-from vwm.models.ac_world_model import rollout
+from vwm.eval.stats import bootstrap_median
 
 
-def rollout_cost(cfg: PosttrainConfig, bench: BenchPosttrainConfig, pool: int | None) -> dict:
-    """One rollout of ``candidates`` x ``horizon`` (median of ``repeats``), then whole CEM plans (encoding the
-    observation and the goal included) through the planner's ``LearnedDynamics``, at the debug encoder's width."""
+ARMS = (("eager", False, None), ("compiled", True, None), ("compiled bf16", True, torch.bfloat16))
+
+
+def rollout_cost(cfg: PosttrainConfig, bench: BenchPosttrainConfig, pool: int | None) -> list[dict]:
+    """Per arm (eager, compiled, compiled under bf16 autocast), interleaved over ``rounds``: one rollout of
+    ``candidates`` x ``horizon`` through the planner's ``ACWorldModel.rollout`` (median of ``repeats`` per
+    round) and one whole CEM plan (encoding the observation and the goal included) through ``LearnedDynamics``,
+    at the debug encoder's width; speed-ups over eager with bootstrap intervals over rounds."""
     from vwm.config import CEMConfig
     from vwm.models.ac_world_model import ACWorldModel, FrameEncoder
     from vwm.planning.cem import cem, keyed_generator
@@ -43,32 +48,49 @@ def rollout_cost(cfg: PosttrainConfig, bench: BenchPosttrainConfig, pool: int | 
                             heads=cfg.ac.predictor.heads, mlp_ratio=cfg.ac.predictor.mlp_ratio,
                             grid_hw=(pool, pool) if pool else (grid, grid), max_frames=bench.horizon + 1,
                             action_dim=10, state_dim=2, residual=True).eval()
-    tokens = (pool or grid) ** 2
-    z0_BND = torch.randn(bench.candidates, tokens, model.dim)
-    actions_BHA = torch.rand(bench.candidates, bench.horizon, 10) * 2 - 1
-    state0_BS = torch.zeros(bench.candidates, 2)
-    times = []
-    with torch.no_grad():
-        for i in range(bench.repeats + 1):
-            t0 = time.perf_counter()
-            rollout(predictor, z0_BND, actions_BHA, state0_BS)
-            if i:  # the first call warms up allocators and kernels
-                times.append(time.perf_counter() - t0)
     encoder = FrameEncoder(model, 64, pool, [0.5] * 3, [0.25] * 3)
     manifest = {"kind": "vjepa-ac", "frameskip": 5, "action_dim": 10, "normalisation": {
         "action_mean": [0.0] * 10, "action_std": [1.0] * 10, "state_mean": [32.0] * 2, "state_std": [16.0] * 2}}
-    dynamics = LearnedDynamics(ACWorldModel(manifest, encoder, predictor))
+    tokens = (pool or grid) ** 2
+    z0_1ND = torch.randn(1, tokens, model.dim)
+    actions_BHA = torch.rand(bench.candidates, bench.horizon, 10) * 2 - 1
     frame = {"pixels": torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8).numpy()}
     plan_cfg = CEMConfig(samples=bench.candidates, iterations=bench.cem_iterations, topk=min(30, bench.candidates))
-    plans = []
-    for i in range(bench.plan_repeats):
+    arms = {}
+    for name, compiled, dtype in ARMS:
+        wm = ACWorldModel(manifest, encoder, predictor).accelerate(compile=compiled, dtype=dtype)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            wm.rollout(z0_1ND, actions_BHA, torch.zeros(1, 2))  # compiles where compiled
+        arms[name] = {"wm": wm, "first_s": time.perf_counter() - t0, "rollout_s": [], "plan_s": []}
+
+    def plan(dynamics: LearnedDynamics, i: int) -> float:
         t0 = time.perf_counter()
         z0, goal = dynamics.encode(frame), dynamics.encode(frame)
         cem(dynamics, z0, torch.zeros(1, 2), goal, horizon=bench.horizon, cfg=plan_cfg,
             generator=keyed_generator(0, 0, i))
-        plans.append(time.perf_counter() - t0)
-    return {"pool": f"{pool}x{pool}" if pool else f"full ({grid}x{grid})", "tokens": tokens,
-            "s": statistics.median(times), "min": min(times), "max": max(times), "plan_s": statistics.median(plans)}
+        return time.perf_counter() - t0
+
+    for arm in arms.values():
+        plan(LearnedDynamics(arm["wm"]), 0)  # CEM's own shapes, compiled outside the timing
+    names = list(arms)
+    for r in range(bench.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            arm = arms[name]
+            times = []
+            with torch.no_grad():
+                for _ in range(bench.repeats):
+                    t0 = time.perf_counter()
+                    arm["wm"].rollout(z0_1ND, actions_BHA, torch.zeros(1, 2))
+                    times.append(time.perf_counter() - t0)
+            arm["rollout_s"].append(statistics.median(times))
+            arm["plan_s"].append(plan(LearnedDynamics(arm["wm"]), r + 1))
+    base = arms[names[0]]
+    return [{"pool": f"{pool}x{pool}" if pool else f"full ({grid}x{grid})", "tokens": tokens, "arm": name,
+             "first_s": a["first_s"], "s": statistics.median(a["rollout_s"]), "plan_s": statistics.median(a["plan_s"]),
+             "rollout_speedup": bootstrap_median([b / x for b, x in zip(base["rollout_s"], a["rollout_s"])]),
+             "plan_speedup": bootstrap_median([b / x for b, x in zip(base["plan_s"], a["plan_s"])])}
+            for name, a in arms.items()]
 
 
 def learning_run(cfg: PosttrainConfig, bench: BenchPosttrainConfig) -> dict:
@@ -99,6 +121,10 @@ def learning_run(cfg: PosttrainConfig, bench: BenchPosttrainConfig) -> dict:
             **{k: v for k, v in evals.items() if k.startswith("eval/")}}
 
 
+def _ci(median_lo_hi: tuple[float, float, float]) -> str:
+    return "{:.2f} [{:.2f}, {:.2f}]".format(*median_lo_hi)
+
+
 def _emit(bench: BenchPosttrainConfig, block: str, lines: list[str]) -> None:
     table = "\n".join(lines)
     print(table)
@@ -108,18 +134,21 @@ def _emit(bench: BenchPosttrainConfig, block: str, lines: list[str]) -> None:
 
 def run_bench_posttrain(bench: BenchPosttrainConfig) -> dict:
     cfg = load_config(bench.base, [f"ac.encoder_uri={bench.out}/unused"], PosttrainConfig)
-    costs = [rollout_cost(cfg, bench, pool) for pool in bench.pools]
+    costs = [row for pool in bench.pools for row in rollout_cost(cfg, bench, pool)]
     p = cfg.ac.predictor
-    lines = [f"{date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPUs, torch "
-             f"{torch.__version__}, 1-min load average {os.getloadavg()[0]:.1f}: one rollout of {bench.candidates} "
-             f"candidates x {bench.horizon} steps (one predictor call per step over all candidates, earlier frames "
-             f"cached), predictor {p.dim}x{p.depth}, debug encoder width; median of {bench.repeats} after a "
-             f"warm-up. A CEM plan: {bench.candidates} x {bench.cem_iterations} at horizon {bench.horizon}, the "
-             f"observation and goal encoded, median of {bench.plan_repeats}.", "",
-             "| pooling | tokens per frame | s per rollout (median) | min | max | s per CEM plan |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {c['pool']} | {c['tokens']} | {c['s']:.3f} | {c['min']:.3f} | {c['max']:.3f} | {c['plan_s']:.2f} |"
-              for c in costs]
+    lines = [f"{date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} "
+             f"threads, torch {torch.__version__}: one rollout of {bench.candidates} candidates x {bench.horizon} "
+             "steps through the planner's `ACWorldModel.rollout` (one predictor call per step over all candidates, "
+             f"earlier frames cached), predictor {p.dim}x{p.depth}, debug encoder width; a CEM plan: "
+             f"{bench.candidates} x {bench.cem_iterations} at horizon {bench.horizon}, the observation and goal "
+             f"encoded. Arms interleaved over {bench.rounds} rounds (a round: {bench.repeats} rollouts and one plan "
+             "per arm); medians over rounds, speed-ups over eager with 95% bootstrap intervals; first call: the "
+             "compile included.", "",
+             "| pooling | tokens per frame | arm | s per rollout | speed-up | s per CEM plan | speed-up "
+             "| first call s |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {c['pool']} | {c['tokens']} | {c['arm']} | {c['s']:.4f} | {_ci(c['rollout_speedup'])} | "
+              f"{c['plan_s']:.2f} | {_ci(c['plan_speedup'])} | {c['first_s']:.1f} |" for c in costs]
     _emit(bench, "bench_posttrain", lines)
     learned = learning_run(cfg, bench) if bench.train_steps else None
     if learned:  # its own block: a speed-only run (train_steps: 0) keeps the last learning figures

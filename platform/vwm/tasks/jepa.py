@@ -9,6 +9,7 @@ replica checksum. ``export`` writes the world-model artifact (kind ``vjepa``).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from vwm.eval.probe import heldout_probe, probe_set
 from vwm.eval.rankme import feature_std, heldout_rankme, rankme, token_sample
 from vwm.masks.collate import Batch, MaskCollator
 from vwm.models.artifact import read_world_model, write_artifact
+from vwm.models.flops import jepa_step_flops
 from vwm.models.jepa import build_models, target_features
 from vwm.models.predictor import gather_tokens
 from vwm.models.preprocess import normalize_clips
@@ -88,6 +90,13 @@ class JepaTask:
 
     def after_step(self, engine, step: int) -> None:
         self.ema.update(engine, step)
+
+    def hot_modules(self, module: torch.nn.Module) -> list[torch.nn.Module]:
+        return [module.encoder, module.predictor, self.target]
+
+    def step_flops(self, batch: Batch) -> int:
+        return jepa_step_flops(self.cfg.model, math.prod(self.grid), [(c.shape[1], t.shape[1]) for c, t in batch.masks],
+                               batch.clips_BTHWC.shape[0])
 
     def state_dict(self) -> dict:
         return self.ema.state_dict()

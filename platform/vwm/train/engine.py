@@ -46,7 +46,8 @@ class LocalEngine:
     def __init__(self, model: nn.Module, cfg: OptimConfig, device: torch.device):
         self.module = model.to(device)
         self.cfg = cfg
-        self.optimizer = torch.optim.AdamW(param_groups(model), lr=cfg.lr.start, betas=cfg.betas, eps=cfg.eps)
+        self.optimizer = torch.optim.AdamW(param_groups(model), lr=cfg.lr.start, betas=cfg.betas, eps=cfg.eps,
+                                           fused=cfg.fused or None)
         self.micro = 0
 
     def __call__(self, *args, **kwargs):
@@ -58,15 +59,17 @@ class LocalEngine:
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.cfg.grad_accumulation).backward()
 
-    def step(self, lr: float, wd: float) -> float | None:
-        """Apply the update at an accumulation boundary; returns the gradient norm before clipping then."""
+    def step(self, lr: float, wd: float) -> torch.Tensor | None:
+        """Apply the update at an accumulation boundary; returns the gradient norm before clipping then (a
+        0-d tensor: reading it is a host sync, left to the log steps)."""
         self.micro += 1
         if self.micro % self.cfg.grad_accumulation:
             return None
         set_lr_wd(self.optimizer, lr, wd)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        # foreach: one norm kernel per parameter list, not a Python loop over tensors (CPU included)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
@@ -101,9 +104,11 @@ def deepspeed_config(optim: OptimConfig, dist_cfg: DistConfig, micro_batch: int,
         "gradient_accumulation_steps": optim.grad_accumulation,
         "gradient_clipping": optim.grad_clip,
         "zero_optimization": {"stage": dist_cfg.zero_stage},
-        # torch's AdamW: no fused_adam JIT build; the lr/wd schedule overwrites the groups every step
+        # torch's AdamW (fused kernel unless optim.fused is off): no fused_adam JIT build; the lr/wd schedule
+        # overwrites the groups every step
         "optimizer": {"type": "AdamW", "params": {"lr": optim.lr.start, "betas": list(optim.betas),
-                                                  "eps": optim.eps, "weight_decay": 0.0, "torch_adam": True}},
+                                                  "eps": optim.eps, "weight_decay": 0.0, "torch_adam": True,
+                                                  **({"fused": True} if optim.fused else {})}},
         "bf16": {"enabled": bf16},
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,

@@ -41,8 +41,8 @@ class StepInfo:
     step: int  # 0-based index of the finished optimizer step
     done: int  # optimizer steps done, step + 1
     end: int  # the step this invocation stops at
-    loss: float
-    extras: dict[str, float]
+    loss: torch.Tensor  # detached, on the device: float() it only where needed (a host sync on GPUs)
+    extras: dict[str, float | torch.Tensor]
     engine: Any  # the trainable module's engine: for hooks that evaluate or compare it
     tracker: Tracker  # the run's on rank 0 (a no-op elsewhere): for hooks that log files
 
@@ -74,9 +74,13 @@ class Task(Protocol):
     def check_inputs(cfg) -> list[dict]: ...  # raise naming a missing input; else the inputs to log
     def build(self) -> nn.Module: ...  # the trainable module (the engine's); frozen parts stay in the task
     def batches(self, start_micro: int, position, shard) -> tuple[Iterator, Callable[[], int]]: ...
-    def loss(self, engine, batch, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    # the loss and extra metrics: scalars, or 0-d tensors the trainer reads only at log steps (no host sync)
+    def loss(self, engine, batch, step: int) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]: ...
     def after_step(self, engine, step: int) -> None: ...  # after each applied update, e.g. a moving average
     def hooks(self) -> list[Hook]: ...
+    def hot_modules(self, module: nn.Module) -> list[nn.Module]: ...  # what every step runs: compiled in place
+    # optional: model FLOPs of one micro-batch (vwm.models.flops), for perf/tflops and perf/mfu
+    def step_flops(self, batch) -> int: ...
     def state_dict(self) -> dict[str, Any]: ...  # what the engine does not own (a moving-average copy, ...)
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def export(self, directory: Path, module_state: dict[str, torch.Tensor]) -> None: ...  # the artifact
@@ -116,11 +120,11 @@ class RunSummary:
 
 @dataclass
 class _Micro:
-    loss: float
-    grad_norm: float | None  # None between accumulation boundaries and on skipped steps
+    loss: torch.Tensor  # detached; read on the host at log steps only
+    grad_norm: torch.Tensor | float | None  # None between accumulation boundaries and on skipped steps
     lr: float
     wd: float
-    extras: dict[str, float]
+    extras: dict[str, float | torch.Tensor]
     skipped: bool
 
 
@@ -176,6 +180,32 @@ def resolve_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
     return device, (torch.bfloat16 if bf16 else None)
 
 
+# dense bf16 peaks in TFLOP/s (vendor datasheets), matched in order against torch.cuda.get_device_name()
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0,
+                    "A10": 125.0}
+
+
+def peak_tflops(cfg: TrainConfig, device: torch.device) -> float | None:
+    """What ``perf/mfu`` divides by: ``train.peak_tflops``, else a known GPU's dense bf16 peak, else None."""
+    if cfg.peak_tflops or device.type != "cuda":
+        return cfg.peak_tflops
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def _read_back(pending: list[torch.Tensor]) -> list[float]:
+    """The pending 0-d tensors as floats in one transfer; empties the list."""
+    values = torch.stack(pending).float().cpu().tolist() if pending else []
+    pending.clear()
+    return values
+
+
+def compile_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    """``train.compile``: auto compiles on CUDA only; on CPU inductor measured no step-time gain for our
+    models (docs/performance.md, "Training step") and costs tens of seconds of compile per process."""
+    return cfg.compile is True or (cfg.compile == "auto" and device.type == "cuda")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -188,6 +218,14 @@ class Trainer:
         self.hooks: list[Hook] = list(task.hooks())
         self._nonfinite_in_a_row = 0
         self._t_data = self._t_step = 0.0
+        self._flops = 0
+        self._step_flops = getattr(task, "step_flops", None)
+        self.peak_tflops = peak_tflops(cfg.train, env.device)
+        self.compiled = compile_enabled(cfg.train, env.device)
+        if self.compiled:
+            # dynamic: masks change the token count every step; static shapes would recompile for each count
+            for module in task.hot_modules(engine.module):
+                module.compile(dynamic=True)
 
     def add_hook(self, hook: Hook) -> None:
         self.hooks.append(hook)
@@ -201,23 +239,29 @@ class Trainer:
         lines = (ProgressLines(env.name, t.steps, start_step, getattr(self.task, "progress_metrics", None))
                  if env.progress == "lines" and env.rank == 0 else None)
         logged_until = self._note_restart(start_step) if env.rank == 0 else -1
+        pending: list[torch.Tensor] = []  # losses read back at log steps: a float() per step would sync each step
+        first_micro = start_step * acc
         for micro in range(start_step * acc, end_step * acc):
             t0 = time.perf_counter()
             batch = next(batches)
             t1 = time.perf_counter()
-            out = self._micro_step(batch, micro // acc)
+            out = self.micro_step(batch, micro // acc)
             self._t_data, self._t_step = self._t_data + t1 - t0, self._t_step + time.perf_counter() - t1
+            self._flops += self._step_flops(batch) if self._step_flops else 0
             self._count_nonfinite(out, micro, summary)
-            summary.losses.append(out.loss)
+            pending.append(out.loss)
             if (micro + 1) % acc:
                 continue
             info = StepInfo(micro // acc, micro // acc + 1, end_step, out.loss, out.extras, self.engine, env.tracker)
             metrics, mean_loss = {}, None  # the ranks' mean loss, computed (collectively) at log steps
-            if info.step % t.log_every == 0 or info.done == end_step:
-                metrics = self._train_metrics(out, summary, getattr(batch, "position", None))
+            first = micro + 1 - acc == first_micro  # a compiled run's first step: its compile time is logged
+            if info.step % t.log_every == 0 or info.done == end_step or (first and self.compiled):
+                metrics = self._train_metrics(out, summary, getattr(batch, "position", None), first)
                 mean_loss = metrics["train/loss"]
-                bar.set_postfix(loss=f"{out.loss:.4f}", lr=f"{out.lr:.2e}")
+                summary.losses += _read_back(pending)
+                bar.set_postfix(loss=f"{float(out.loss):.4f}", lr=f"{out.lr:.2e}")
             self._t_data = self._t_step = 0.0
+            self._flops = 0
             reported = self._run_hooks(info, metrics, summary)
             if lines is not None:
                 lines.update(info.done, metrics, show=mean_loss is not None)
@@ -227,16 +271,17 @@ class Trainer:
                 env.tracker.flush()  # a report follows, after which a scheduler may stop this trial
             if info.done % t.checkpoint_every == 0 or info.done == end_step:
                 # every rank saves here: the loss reported is the ranks' mean, the value the tracker logs
-                loss = mean_loss if mean_loss is not None else env.mean_across_ranks(out.loss)
+                loss = mean_loss if mean_loss is not None else env.mean_across_ranks(float(out.loss))
                 summary.last_checkpoint = env.sink.save(info.done, getattr(batch, "position", None),
                                                         {"train/loss": loss, **reported})
             elif reported:
                 # report hooks run on every rank (a Ray report is collective), so the mean is too
-                loss = env.mean_across_ranks(out.loss) if mean_loss is None else mean_loss
+                loss = env.mean_across_ranks(float(out.loss)) if mean_loss is None else mean_loss
                 env.sink.report(info.done, {"step": info.done, "train/loss": loss, **reported})
             summary.final_step = info.done
             bar.update(1)
         bar.close()
+        summary.losses += _read_back(pending)
         return summary
 
     def _note_restart(self, start_step: int) -> int:
@@ -256,22 +301,24 @@ class Trainer:
             sys.stdout.flush()
         return last[0] if last else -1
 
-    def _micro_step(self, batch, step: int) -> _Micro:
-        """One micro-batch of optimizer step ``step`` (counted here, never taken from the batch)."""
+    def micro_step(self, batch, step: int) -> _Micro:
+        """One micro-batch of optimizer step ``step`` (counted here, never taken from the batch): forward,
+        backward, and the update at an accumulation boundary. What ``fit`` runs per batch and benchmarks time."""
         o, steps = self.cfg.optim, self.cfg.train.steps
         lr, wd = lr_at(step, o.lr, steps, o.schedule_scale), wd_at(step, o.weight_decay, steps, o.schedule_scale)
         amp = (torch.autocast(device_type=self.env.device.type, dtype=self.env.autocast_dtype)
                if self.env.autocast_dtype is not None else contextlib.nullcontext())
         with amp:
             loss, extras = self.task.loss(self.engine, batch, step)
-        if not self.engine.all_finite(loss):  # collective: no rank applies an update then
+        # the one host sync of a step: whether to update depends on it (collective: no rank updates then)
+        if not self.engine.all_finite(loss):
             self.engine.skip()
-            return _Micro(float(loss.detach()), None, lr, wd, extras, True)
+            return _Micro(loss.detach(), None, lr, wd, extras, True)
         self.engine.backward(loss)
         grad_norm = self.engine.step(lr, wd)
         if grad_norm is not None:
             self.task.after_step(self.engine, step)
-        return _Micro(float(loss.detach()), grad_norm, lr, wd, extras, False)
+        return _Micro(loss.detach(), grad_norm, lr, wd, extras, False)
 
     def _count_nonfinite(self, out: _Micro, micro: int, summary: RunSummary) -> None:
         if not out.skipped:
@@ -279,23 +326,29 @@ class Trainer:
             return
         summary.skipped_steps += 1
         self._nonfinite_in_a_row += 1
-        log.warning("non-finite loss %s at micro-step %d: update skipped (%d in a row)", out.loss, micro,
+        log.warning("non-finite loss %s at micro-step %d: update skipped (%d in a row)", float(out.loss), micro,
                     self._nonfinite_in_a_row)
         if self._nonfinite_in_a_row >= self.cfg.train.max_nonfinite_steps:
             raise NonFiniteLoss(f"{self._nonfinite_in_a_row} non-finite losses in a row (last at micro-step {micro});"
                                 " lower optim.lr.peak or check the data; train.max_nonfinite_steps sets the limit")
 
-    def _train_metrics(self, out: _Micro, summary: RunSummary, position) -> dict[str, float]:
+    def _train_metrics(self, out: _Micro, summary: RunSummary, position, first: bool) -> dict[str, float]:
         acc, elapsed = self.cfg.optim.grad_accumulation, max(self._t_step + self._t_data, 1e-9)
-        metrics = {"train/loss": self.env.mean_across_ranks(out.loss), "train/lr": out.lr, "train/wd": out.wd,
-                   **out.extras, "train/skipped_steps": summary.skipped_steps,
-                   "perf/step_s": self._t_step / acc, "perf/data_wait_s": self._t_data / acc,
+        # a compiled run's first step holds the compile: reported as such, not as a step time
+        step_key = "perf/compile_s" if first and self.compiled else "perf/step_s"
+        metrics = {"train/loss": self.env.mean_across_ranks(float(out.loss)), "train/lr": out.lr, "train/wd": out.wd,
+                   **{k: float(v) for k, v in out.extras.items()}, "train/skipped_steps": summary.skipped_steps,
+                   step_key: self._t_step / acc, "perf/data_wait_s": self._t_data / acc,
                    "perf/samples_per_s": self.task.samples_per_batch * acc / elapsed,
                    "data/skipped_videos": self.env.skipped_videos()}
         if position is not None:  # where this rank reads: (pass over the data, file in that pass's order)
             metrics["data/epoch"], metrics["data/file"] = position
-        if out.grad_norm is not None and np.isfinite(out.grad_norm):
-            metrics["train/grad_norm"] = out.grad_norm
+        if out.grad_norm is not None and np.isfinite(grad_norm := float(out.grad_norm)):
+            metrics["train/grad_norm"] = grad_norm
+        if self._step_flops and not (first and self.compiled):
+            metrics["perf/tflops"] = self._flops / max(self._t_step, 1e-9) / 1e12  # model FLOPs achieved
+            if self.peak_tflops:
+                metrics["perf/mfu"] = metrics["perf/tflops"] / self.peak_tflops
         if self.env.device.type == "cuda":
             metrics["perf/gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         return metrics
