@@ -181,3 +181,20 @@ def test_the_compiled_hot_paths_trace_without_graph_breaks():
     explained = torch._dynamo.explain(rollout)(predictor, torch.randn(5, 4, 32), torch.randn(5, 3, 3),
                                                torch.randn(5, 2))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_gpu_paths_run_on_cpu_bf16_autocast_checkpointing_and_flash_attention():
+    """What GPU runs switch on, exercised here: bf16 autocast stays close to fp32, activation checkpointing
+    gives fp32's numbers exactly, and attention goes through SDPA's flash kernel (no mask blocks it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runs = {name: step_runner(load_config(DEBUG_CONFIG, TINY + over)) for name, over in {
+        "fp32": ["train.precision=fp32"], "bf16": ["train.precision=bf16"],
+        "checkpointing": ["train.precision=fp32", "model.activation_checkpointing=true"]}.items()}
+    losses = {name: [run()[1] for _ in range(3)] for name, run in runs.items()}
+    assert losses["checkpointing"] == pytest.approx(losses["fp32"], abs=1e-6)
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.02) and losses["bf16"] != losses["fp32"]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        runs["fp32"]()
+    kernels = {e.key for e in prof.key_averages()}
+    assert any("flash_attention" in k for k in kernels), sorted(k for k in kernels if "attention" in k)
