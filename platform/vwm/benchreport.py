@@ -1,9 +1,23 @@
-"""Benchmark tables in docs/performance.md: each benchmark owns the block between its two markers."""
+"""Benchmark tables in docs/performance.md (each benchmark owns the block between its two markers), and the
+interleaving of a benchmark's arms over rounds with the ratios it reports."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from vwm.eval.stats import bootstrap_median
+
+
+def round_order(names: list[str], round_index: int) -> list[str]:
+    """The arms in the order a round runs them: rotated every round, so no arm always runs first."""
+    k = round_index % len(names)
+    return names[k:] + names[:k]
+
+
+def ratio_over_rounds(numerator_s: list[float], denominator_s: list[float]) -> tuple[float, float, float]:
+    """The per-round ratio's median over rounds and its 95% bootstrap interval (rounds paired by index)."""
+    return bootstrap_median([n / d for n, d in zip(numerator_s, denominator_s)])
 
 
 def write_block(path: str | Path, name: str, table: str) -> None:

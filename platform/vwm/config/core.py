@@ -237,7 +237,8 @@ class OptimConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(10.0, ge=0, description="0 disables clipping")
-    fused: bool = Field(True, description="torch's fused AdamW kernel (CPU and CUDA); false: its per-tensor loop")
+    fused: bool = Field(True, description="torch's fused AdamW kernel (CPU and CUDA) and one foreach gradient "
+                        "norm; false: torch's per-tensor loops for both")
     grad_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
     schedule_scale: float = Field(
         1.0, gt=0, description="lr, weight decay and EMA schedules span round(schedule_scale x train.steps) steps; "

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import torch
 
-from vwm.benchreport import write_block
+from vwm.benchreport import ratio_over_rounds, round_order, write_block
 from vwm.config import BenchPosttrainConfig, CollectConfig, EnvConfig, ModelConfig, PosttrainConfig, with_overrides
 from vwm.configfile import load_config
 from vwm.models.ac_predictor import ACPredictor
-from vwm.eval.stats import bootstrap_median
 
 
 ARMS = (("eager", False, None), ("compiled", True, None), ("compiled bf16", True, torch.bfloat16))
@@ -75,7 +74,7 @@ def rollout_cost(cfg: PosttrainConfig, bench: BenchPosttrainConfig, pool: int | 
         plan(LearnedDynamics(arm["wm"]), 0)  # CEM's own shapes, compiled outside the timing
     names = list(arms)
     for r in range(bench.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in round_order(names, r):
             arm = arms[name]
             times = []
             with torch.no_grad():
@@ -88,8 +87,8 @@ def rollout_cost(cfg: PosttrainConfig, bench: BenchPosttrainConfig, pool: int | 
     base = arms[names[0]]
     return [{"pool": f"{pool}x{pool}" if pool else f"full ({grid}x{grid})", "tokens": tokens, "arm": name,
              "first_s": a["first_s"], "s": statistics.median(a["rollout_s"]), "plan_s": statistics.median(a["plan_s"]),
-             "rollout_speedup": bootstrap_median([b / x for b, x in zip(base["rollout_s"], a["rollout_s"])]),
-             "plan_speedup": bootstrap_median([b / x for b, x in zip(base["plan_s"], a["plan_s"])])}
+             "rollout_speedup": ratio_over_rounds(base["rollout_s"], a["rollout_s"]),
+             "plan_speedup": ratio_over_rounds(base["plan_s"], a["plan_s"])}
             for name, a in arms.items()]
 
 

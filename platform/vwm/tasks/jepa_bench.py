@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-from vwm.benchreport import write_block
+from vwm.benchreport import ratio_over_rounds, round_order, write_block
 from vwm.config import BenchTrainConfig, PretrainConfig, with_overrides
 from vwm.configfile import load_config
-from vwm.eval.stats import bootstrap_median
 from vwm.masks.collate import MaskCollator
 from vwm.models.jepa import build_models, target_features
 from vwm.models.preprocess import normalize_clips
@@ -54,8 +53,8 @@ def step_runner(cfg: PretrainConfig) -> Callable[[], tuple[float, float]]:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = trainer.micro_step(batch, step)
-        loss = float(out.loss)  # waits for the step's forward; the update is timed up to here
-        if device.type == "cuda":
+        loss = float(out.loss)
+        if device.type == "cuda":  # the update too, not only the loss read back above
             torch.cuda.synchronize()
         return time.perf_counter() - t0, loss
 
@@ -74,7 +73,7 @@ def compare_arms(configs: dict[str, PretrainConfig], rounds: int, steps: int, wa
                 out[name]["first_step_s"] = seconds
     names = list(runners)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # no arm always runs first
+        for name in round_order(names, r):
             timed = [runners[name]() for _ in range(steps)]
             out[name]["round_s"].append(statistics.median(t for t, _ in timed))
             out[name]["losses"] += [loss for _, loss in timed]
@@ -129,10 +128,9 @@ def step_table(bench: BenchTrainConfig, models: dict[str, dict[str, PretrainConf
         base_name = next(iter(configs))
         base = res[base_name]
         for name, r in res.items():
-            speedups = [b / a for b, a in zip(base["round_s"], r["round_s"])]
             n = min(20, len(r["losses"]))
             rows.append({"model": label, "arm": name, "step_s": statistics.median(r["round_s"]),
-                         "speedup": bootstrap_median(speedups), "first_step_s": r["first_step_s"],
+                         "speedup": ratio_over_rounds(base["round_s"], r["round_s"]), "first_step_s": r["first_step_s"],
                          "loss_diff": max(abs(a - b) for a, b in zip(r["losses"][:n], base["losses"][:n]))})
     m = next(iter(next(iter(models.values())).values()))
     table = (f"{_machine()}: batch {m.data.batch_size}; {bench.rounds} rounds, each running every arm for "
@@ -155,7 +153,7 @@ def platform_table(bench: BenchTrainConfig, cfg: PretrainConfig, out: Path) -> t
     rows = [{"what": "bare PyTorch loop (1 process)", "step_s": statistics.median(bare), "ratio": (1.0, 1.0, 1.0)}]
     for stage, times in platform_runs.items():
         rows.append({"what": f"Ray Train + DeepSpeed ZeRO-{stage}, 1 worker", "step_s": statistics.median(times),
-                     "ratio": bootstrap_median([t / b for t, b in zip(times, bare)])})
+                     "ratio": ratio_over_rounds(times, bare)})
     for row in rows:
         row["clips_per_s"] = cfg.data.batch_size / row["step_s"]
     m = cfg.model

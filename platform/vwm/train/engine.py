@@ -69,7 +69,7 @@ class LocalEngine:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         # foreach: one norm kernel per parameter list, not a Python loop over tensors (CPU included)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=self.cfg.fused)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
