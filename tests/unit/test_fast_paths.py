@@ -99,6 +99,30 @@ def test_compiled_planner_rollout_matches_eager():
     assert half[0].dtype == torch.float32 and (half[0] - eager[0]).abs().max() < 0.1  # bf16: close, not equal
 
 
+def test_compiled_small_attention_matches_sdpa_with_masks_and_gradients():
+    """Under compile, tiny attention problems take the broadcast path: same outputs and gradients as SDPA,
+    block-causal mask included (a fully masked row cannot occur: every query sees its own frame)."""
+    import torch.nn.functional as F
+
+    from vwm.models.ac_predictor import block_causal_mask
+    from vwm.models.layers import SMALL_ATTENTION, attend
+
+    torch.manual_seed(0)
+    mask_LL = block_causal_mask(3, 4)
+    compiled = torch.compile(attend, dynamic=False)
+    for q_shape, k_len, mask in (((5, 2, 3, 8), 9, None), ((5, 2, 12, 8), 12, mask_LL)):
+        assert q_shape[2] * k_len <= SMALL_ATTENTION
+        q = torch.randn(q_shape, requires_grad=True)
+        k, v = (torch.randn(5, 2, k_len, 8, requires_grad=True) for _ in range(2))
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        grads_want = torch.autograd.grad(want.square().sum(), (q, k, v))
+        got = compiled(q, k, v, mask)
+        grads_got = torch.autograd.grad(got.square().sum(), (q, k, v))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for g, w in zip(grads_got, grads_want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
 def test_bootstrap_interval_of_a_median_brackets_it_and_narrows_with_agreement():
     mid, lo, hi = bootstrap_median([1.0, 1.2, 1.1, 1.3, 0.9])
     assert mid == pytest.approx(1.1) and lo <= mid <= hi and lo >= 0.9 and hi <= 1.3
