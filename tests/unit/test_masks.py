@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vwm.config import MaskConfig
+from vwm.config import MaskConfig, MaskSetConfig
 from vwm.masks.collate import MaskCollator
 from vwm.masks.multiblock3d import sample_masks
 
@@ -48,6 +48,20 @@ def test_blocks_span_all_frames():
         cells.setdefault(i % hw, set()).add(i // hw)
     full = sum(len(ts) == GRID[0] for ts in cells.values())
     assert full / len(cells) > 0.8  # the equal-count cut drops a few tokens at random
+
+
+def test_end_anchored_blocks_hide_the_future_and_show_the_past():
+    # temporal_anchor=end: every block ends on the last frames, so targets lie in the clip's last half and
+    # the context holds every token of its first half
+    future = MaskSetConfig(num_blocks=1, spatial_scale=(0.5, 0.5), temporal_scale=(0.5, 0.5),
+                           temporal_anchor="end")
+    hw = GRID[1] * GRID[2]
+    half = GRID[0] // 2
+    for step in range(5):
+        (ctx, tgt), = sample_masks([future], GRID, 4, seed=0, epoch=0, step=step, rank=0)
+        assert (tgt // hw >= half).all()
+        assert ((ctx < half * hw).sum(1) == half * hw).all()  # one block: equal counts, nothing cut
+        assert (ctx // hw >= half).any()  # the future's unmasked part stays context
 
 
 def test_deterministic_for_seed_and_different_across_steps_ranks_seeds():

@@ -123,6 +123,9 @@ class MaskSetConfig(_Strict):
     spatial_scale: tuple[float, float] = (0.15, 0.15)
     temporal_scale: tuple[float, float] = (1.0, 1.0)
     aspect_ratio: tuple[float, float] = (0.75, 1.5)
+    temporal_anchor: Literal["random", "end"] = Field(
+        "random", description="where blocks start in time; end: every block ends on the clip's last frames, so "
+        "with temporal_scale < 1 the context is the past and the target the future")
 
     @model_validator(mode="after")
     def _ranges(self) -> MaskSetConfig:

@@ -40,12 +40,13 @@ def block_size(gen: torch.Generator, grid: Grid, s: MaskSetConfig) -> tuple[int,
     return t, h, w
 
 
-def _masked_volume(gen: torch.Generator, grid: Grid, size: tuple[int, int, int], num_blocks: int) -> torch.Tensor:
+def _masked_volume(gen: torch.Generator, grid: Grid, size: tuple[int, int, int], num_blocks: int,
+                   anchor: str = "random") -> torch.Tensor:
     gt, gh, gw = grid
     t, h, w = size
     masked_THW = torch.zeros(grid, dtype=torch.bool)
     for _ in range(num_blocks):
-        t0 = int(torch.randint(0, gt - t + 1, (1,), generator=gen))
+        t0 = gt - t if anchor == "end" else int(torch.randint(0, gt - t + 1, (1,), generator=gen))
         h0 = int(torch.randint(0, gh - h + 1, (1,), generator=gen))
         w0 = int(torch.randint(0, gw - w + 1, (1,), generator=gen))
         masked_THW[t0:t0 + t, h0:h0 + h, w0:w0 + w] = True
@@ -64,7 +65,7 @@ def sample_mask_set(size_gen: torch.Generator, pos_gen: torch.Generator, grid: G
     masks = []
     for _ in range(batch_size):
         for _ in range(_MAX_TRIES):
-            masked = _masked_volume(pos_gen, grid, size, s.num_blocks)
+            masked = _masked_volume(pos_gen, grid, size, s.num_blocks, s.temporal_anchor)
             if not masked.all():
                 break
         else:
@@ -88,7 +89,7 @@ def empty_context_rate(s: MaskSetConfig, grid: Grid, draws: int = 64) -> float:
     empty = 0
     for d in range(draws):
         size = block_size(keyed_generator(d, 0xC0F), grid, s)
-        empty += bool(_masked_volume(keyed_generator(d, 0xC0F, 1), grid, size, s.num_blocks).all())
+        empty += bool(_masked_volume(keyed_generator(d, 0xC0F, 1), grid, size, s.num_blocks, s.temporal_anchor).all())
     return empty / draws
 
 
