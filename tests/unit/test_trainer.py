@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from vwm.config import ConfigError, PretrainConfig, TrainerConfig, with_overrides
+from vwm.config import BenchPosttrainConfig, ConfigError, PretrainConfig, TrainerConfig, with_overrides
 from vwm.configfile import load_config
 from vwm.tracking.tracker import DictTracker
 from vwm.train import checkpoint as ckpt
 from vwm.train.engine import LocalEngine
 from vwm.train.trainer import Hook, RunEnv, Trainer
-from tests.conftest import DEBUG_CONFIG
+from tests.conftest import DEBUG_CONFIG, REPO
 
 
 @dataclass
@@ -137,6 +137,8 @@ def test_moved_keys_say_where_they_went():
         load_config(DEBUG_CONFIG, ["train.monitor_every=5"])
     with pytest.raises(ConfigError, match=r"dist.use_gpu is gone: train.device"):
         load_config(DEBUG_CONFIG, ["dist.use_gpu=true"])
+    with pytest.raises(ConfigError, match=r"plan_repeats is gone: .*set rounds instead"):
+        load_config(REPO / "configs" / "bench" / "posttrain.yaml", ["plan_repeats=3"], BenchPosttrainConfig)
 
 
 class _Payload:

@@ -236,6 +236,14 @@ class BenchPosttrainConfig(_Strict):
     pretrain_steps: int = Field(60, ge=1, description="debug pretraining steps of the encoder")
     report: str | None = Field("docs/performance.md", description="markdown file whose table is replaced")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "plan_repeats" in data:
+            raise ValueError("plan_repeats is gone: every arm is now timed in each of `rounds` interleaved rounds "
+                             "(`repeats` rollouts per round); set rounds instead")
+        return data
+
 
 # ------------------------------------------------------------------------------------------ planning
 class CEMConfig(_Strict):
