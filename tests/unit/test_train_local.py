@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vwm.configfile import load_config
-from vwm.tasks.jepa import run_pretrain
+from vwm.tasks.jepa import context_variance_hinge, run_pretrain
 from vwm.train import checkpoint as ckpt
 from tests.conftest import DEBUG_CONFIG
 
@@ -95,7 +95,7 @@ def test_prune_removes_only_checkpoints_ray_did_not_register(tmp_path):
 
 
 def test_resuming_a_finished_run_says_so_and_trains_nothing(tmp_path, capsys):
-    from vwm.tasks.jepa import run_pretrain
+    from vwm.tasks.jepa import context_variance_hinge, run_pretrain
 
     cfg = _cfg(tmp_path, "train.steps=2")
     first = run_pretrain(cfg, local=True)
@@ -143,6 +143,15 @@ def test_gradient_accumulation_steps_once_per_k_micro_batches(tmp_path):
     assert s.final_step == 3 and len(s.losses) == 6  # 3 optimizer steps of 2 micro-batches
 
 
+def test_the_variance_term_adds_to_the_jepa_loss_and_is_logged_beside_it(tmp_path):
+    s = run_local(_cfg(tmp_path, "train.steps=3", "train.log_every=1", "loss.variance=2.0"))
+    rows = [json.loads(line) for line in (s.run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "train/loss_variance" in r]
+    assert len(logged) == 3 and all(r["train/loss_variance"] > 0 for r in logged)  # init: std below the floor
+    for r in logged:
+        assert r["train/loss"] == pytest.approx(r["train/loss_jepa"] + 2.0 * r["train/loss_variance"], rel=1e-5)
+
+
 def test_ctrl_c_marks_the_run_killed_says_how_to_resume_and_resume_clears_it(tmp_path):
     import signal
     import subprocess
@@ -188,3 +197,23 @@ def test_run_logs_its_mask_and_pca_pictures_as_videos(tmp_path):
         with av.open(str(pictures / name)) as f:
             frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
         assert len(frames) == 8 and frames[0].shape == (2 * 64 + 2, width, 3), (name, frames[0].shape)
+
+
+
+def test_context_variance_hinge_penalises_clips_that_agree_and_spares_clips_that_differ():
+    torch.manual_seed(0)
+    idx_BN = torch.stack([torch.randperm(16)[:10] for _ in range(64)])
+    same_BND = torch.randn(1, 10, 8).expand(64, -1, -1)
+    for over in ("positions", "clips"):
+        hinge = context_variance_hinge(same_BND, idx_BN[:1].expand(64, -1), 16, 0.5, over)
+        assert float(hinge) == pytest.approx(0.5 - 1e-2)  # floor - sqrt(eps): every channel agrees
+    spread_BND = torch.randn(64, 10, 8)
+    assert float(context_variance_hinge(spread_BND, idx_BN, 16, 0.5, "positions")) < 0.01
+    one_token_per_clip_BND = torch.randn(64, 1, 8).expand(-1, 10, -1)
+    assert float(context_variance_hinge(one_token_per_clip_BND, idx_BN, 16, 0.5, "clips")) < 0.01
+    # one token per position, shared by every clip: the clips' tokens differ, yet each position has collapsed
+    same_at_position_BND = torch.randn(16, 8)[idx_BN]
+    assert float(context_variance_hinge(same_at_position_BND, idx_BN, 16, 0.5, "positions")) == \
+        pytest.approx(0.5 - 1e-2, abs=1e-3)
+    # a position only one clip sees has no spread to measure and adds nothing
+    assert float(context_variance_hinge(torch.randn(2, 1, 8), torch.tensor([[0], [1]]), 16, 0.5, "positions")) == 0.0

@@ -7,7 +7,8 @@ importable from ``vwm.config``.
 """
 
 from vwm.config.core import (  # noqa: F401
-    ConfigError, _Strict, SyntheticConfig, AugmentConfig, DataConfig, MaskSetConfig, MaskConfig, PredictorConfig,
+    ConfigError, _Strict, SyntheticConfig, AugmentConfig, DataConfig, MaskSetConfig, MaskConfig, JepaLossConfig,
+    PredictorConfig,
     ModelConfig, LRConfig, WeightDecayConfig, EMAConfig, OptimConfig, ProbeConfig, TrainConfig, DistConfig,
     TrackingConfig, TrainerConfig, MonitorConfig, PretrainConfig, with_overrides, BenchDataConfig,
     BenchTrainConfig, SYNTHETIC_TARGETS,

@@ -150,6 +150,18 @@ class MaskConfig(_Strict):
     sets: list[MaskSetConfig] = Field(default_factory=_vjepa_mask_sets, min_length=1)
 
 
+class JepaLossConfig(_Strict):
+    """V-JEPA's L1 at the target tokens, plus an optional anti-collapse term on the context encoder."""
+
+    variance: float = Field(0.0, ge=0, description="weight of VICReg's variance hinge on the context encoder's "
+                            "layer-normed features; 0: V-JEPA's loss alone")
+    variance_std: float = Field(0.5, gt=0, le=1, description="the hinge's floor on each channel's std across clips "
+                                "(layer-normed features: 1 would leave no part of a token common to every clip)")
+    variance_over: Literal["positions", "clips"] = Field(
+        "positions", description="positions: std across the clips that see a token position; clips: std of the "
+        "clips' mean context features")
+
+
 # ---------------------------------------------------------------------------------------------- model
 class PredictorConfig(_Strict):
     dim: int = Field(384, ge=1)
@@ -383,6 +395,7 @@ class PretrainConfig(TrainerConfig):
 
     data: DataConfig = DataConfig()
     mask: MaskConfig = MaskConfig()
+    loss: JepaLossConfig = JepaLossConfig()
     model: ModelConfig = ModelConfig()
     monitor: MonitorConfig = MonitorConfig()
 

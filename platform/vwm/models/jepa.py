@@ -21,13 +21,16 @@ class JEPA(nn.Module):
         self.encoder = VisionTransformer(cfg, frames, crop)
         self.predictor = Predictor(cfg, token_grid(cfg, frames, crop), num_mask_sets)
 
-    def forward(self, clips_BCTHW: torch.Tensor, masks: list[tuple[torch.Tensor, torch.Tensor]]):
-        """One prediction per mask set: the context encoder runs once per set on that set's context."""
-        preds = []
+    def forward(self, clips_BCTHW: torch.Tensor, masks: list[tuple[torch.Tensor, torch.Tensor]],
+                with_context: bool = False):
+        """One prediction per mask set: the context encoder runs once per set on that set's context.
+        ``with_context``: also the context features of every set, for a loss term on the encoder."""
+        preds, contexts = [], []
         for i, (ctx_idx_BN, tgt_idx_BK) in enumerate(masks):
             ctx_BND = self.encoder(clips_BCTHW, ctx_idx_BN)
             preds.append(self.predictor(ctx_BND, ctx_idx_BN, tgt_idx_BK, i))
-        return preds
+            contexts.append(ctx_BND)
+        return (preds, contexts) if with_context else preds
 
 
 def build_models(cfg: ModelConfig, frames: int, crop: int, num_mask_sets: int) -> tuple[JEPA, VisionTransformer]:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from vwm.config import PretrainConfig
 from vwm.data.synthetic import SyntheticClips
@@ -40,6 +41,27 @@ def jepa_loss(preds: list[torch.Tensor], target_BND: torch.Tensor,
     losses = [(pred_BKD - gather_tokens(target_BND, tgt_idx_BK)).abs().mean()
               for pred_BKD, (_, tgt_idx_BK) in zip(preds, masks)]
     return torch.stack(losses).mean()
+
+
+def context_variance_hinge(ctx_BND: torch.Tensor, ctx_idx_BN: torch.Tensor, num_tokens: int, floor: float,
+                           over: str, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg's variance term on layer-normed context features: mean of relu(floor - std) over channels, the
+    std taken across the clips that see each token position (``positions``) or across the clips' mean
+    features (``clips``). Layer norm fixes the features' scale, so the hinge cannot be met by growing it."""
+    x_BND = F.layer_norm(ctx_BND.float(), (ctx_BND.shape[-1],))
+    if over == "clips":
+        std_D = (x_BND.mean(dim=1).var(dim=0) + eps).sqrt()
+        return torch.relu(floor - std_D).mean()
+    B, _, D = x_BND.shape
+    index_BND = ctx_idx_BN[..., None].expand(-1, -1, D)
+    full_BLD = x_BND.new_zeros(B, num_tokens, D).scatter(1, index_BND, x_BND)
+    seen_BL = x_BND.new_zeros(B, num_tokens).scatter(1, ctx_idx_BN, 1.0)
+    count_L = seen_BL.sum(dim=0)
+    mean_LD = full_BLD.sum(dim=0) / count_L.clamp(min=1)[:, None]
+    var_LD = (((full_BLD - mean_LD) ** 2) * seen_BL[..., None]).sum(dim=0) / (count_L - 1).clamp(min=1)[:, None]
+    hinge_LD = torch.relu(floor - (var_LD + eps).sqrt())
+    seen_twice_L = (count_L >= 2).float()  # a position one clip sees has no spread to measure
+    return (hinge_LD.mean(dim=1) * seen_twice_L).sum() / seen_twice_L.sum().clamp(min=1)
 
 
 def synthetic_batches(cfg: PretrainConfig, collate: MaskCollator, start_micro: int, rank: int) -> Iterator[Batch]:
@@ -81,12 +103,23 @@ class JepaTask:
         clips_BCTHW = normalize_clips(batch.clips_BTHWC.to(self.device, non_blocking=True))
         masks = [(c.to(self.device, non_blocking=True), t.to(self.device, non_blocking=True)) for c, t in batch.masks]
         target_BND = target_features(self.target, clips_BCTHW)
-        preds = engine(clips_BCTHW, masks)
+        lc = self.cfg.loss
+        preds, contexts = engine(clips_BCTHW, masks, with_context=True) if lc.variance else (
+            engine(clips_BCTHW, masks), None)
         if self._first_batch is None and self.rank == 0 and self.cfg.monitor.pictures:
             n = self.cfg.monitor.pictures
             self._first_batch = (batch.clips_BTHWC[:n].cpu(), [(c[:n].cpu(), t[:n].cpu()) for c, t in batch.masks])
         self.last_target_BND = target_BND
-        return jepa_loss(preds, target_BND, masks), {"train/ema_momentum": self.ema.momentum(step)}
+        loss = jepa_loss(preds, target_BND, masks)
+        extras = {"train/ema_momentum": self.ema.momentum(step)}
+        if contexts is not None:
+            n = math.prod(self.grid)
+            loss_var = torch.stack([context_variance_hinge(ctx_BND, ctx_idx_BN, n, lc.variance_std, lc.variance_over)
+                                    for ctx_BND, (ctx_idx_BN, _) in zip(contexts, masks)]).mean()
+            extras["train/loss_jepa"] = loss.detach()
+            extras["train/loss_variance"] = loss_var.detach()
+            loss = loss + lc.variance * loss_var
+        return loss, extras
 
     def after_step(self, engine, step: int) -> None:
         self.ema.update(engine, step)
