@@ -126,10 +126,12 @@ def check_tracking(cfg, env: dict[str, str]) -> str | None:
     key = "tracking.tracking_uri" if tracking.tracking_uri else "MLFLOW_TRACKING_URI"
     if not uri:
         raise SubmitError("tracking.backend=mlflow (or a models:/ URI) but no tracking URI: set MLFLOW_TRACKING_URI "
-                          "or --set tracking.tracking_uri=http://MLFLOW_HOST:5000 (an `mlflow server` the cluster reaches)")
+                          "or --set tracking.tracking_uri=http://MLFLOW_HOST:5000 "
+                          "(an `mlflow server` the cluster reaches)")
     if _has_credentials(uri):
         raise SubmitError(f"{key} carries credentials, which would travel in plain text with the job: give the URI "
-                          "without them and set MLFLOW_TRACKING_USERNAME/PASSWORD (or TOKEN) in the cluster's environment")
+                          "without them and set MLFLOW_TRACKING_USERNAME/PASSWORD (or TOKEN) in the cluster's "
+                          "environment")
     if not uri.startswith(("http://", "https://", "databricks")):
         raise SubmitError(f"{key}={uri}: a file store on a cluster lives in the job's temporary folder on the head; "
                           "run an `mlflow server` the cluster reaches and give its http:// URI")
@@ -160,7 +162,8 @@ def forwarded_env(env: dict[str, str], extra: list[str], tracking_uri: str | Non
             raise SubmitError(f"--env {item}: expected NAME=VALUE")
         if _SECRET_NAME.search(name):
             raise SubmitError(f"--env {name}: secrets must not travel in the job's runtime env (it is stored in "
-                              "plain text); put them in the cluster's environment (a Kubernetes Secret, the launcher's env)")
+                              "plain text); put them in the cluster's environment (a Kubernetes Secret, the "
+                              "launcher's env)")
         out[name] = value
     if tracking_uri:
         out["MLFLOW_TRACKING_URI"] = tracking_uri

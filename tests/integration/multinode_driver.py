@@ -42,7 +42,8 @@ def main() -> int:
     # a trainer holds 1.5 CPUs: one fits on each 2-CPU worker node and none on the 1-CPU head, whose CPU
     # and the nodes' remaining halves go to Ray Data's decode tasks
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "gcs_server_port": args["gcs_port"], "include_dashboard": True, "dashboard_port": args["dashboard_port"]})
+        "num_cpus": 1, "gcs_server_port": args["gcs_port"], "include_dashboard": True,
+        "dashboard_port": args["dashboard_port"]})
     nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
     report: dict = {"head": cluster.head_node.node_id, "worker_nodes": [n.node_id for n in nodes]}
     try:

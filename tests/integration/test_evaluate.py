@@ -36,7 +36,8 @@ def test_evaluator_plans_on_two_actors_and_logs_to_mlflow(tmp_path, ray_cluster,
     cfg = EvalConfig.model_validate({
         "name": "plan_test", "model_uri": "models:/vwm-test-ac@candidate",
         "episodes": {"paths": [held_out], "count": 4, "goal_offset": 15},
-        "planners": [{"planner": "cem", "horizon": 2, "budget": 15, "cem": {"samples": 16, "iterations": 2, "topk": 4}}],
+        "planners": [{"planner": "cem", "horizon": 2, "budget": 15,
+                      "cem": {"samples": 16, "iterations": 2, "topk": 4}}],
         "videos": 1, "output_dir": str(tmp_path / "eval"),
         "actors": {"num_actors": 2, "cpus_per_actor": 0.5, "episodes_per_task": 1},
         "tracking": {"backend": "mlflow", "tracking_uri": mlflow_server}})
@@ -110,7 +111,8 @@ def test_probe_job_runs_pairs_as_ray_tasks_and_logs_to_mlflow(tmp_path, ray_clus
     for key in ("probe/direction/tiny/attentive/acc", "probe/position/random/linear/r2",
                 "probe/position/pixels/attentive/ci_high"):
         assert key in m, key
-    assert {"probe_results.json", "probe.png", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"probe_results.json", "probe.png", "config.yaml"} <= artifacts
 
     # a post-trained model has no video encoder of its own to probe: refused from its manifest alone
     runs_before = len(client.search_runs([run.info.experiment_id]))

@@ -35,7 +35,8 @@ def test_unknown_space_key_fails_before_any_trial():
 
     cfg = load_config(SWEEP, [f"base={REPO}/configs/pretrain/debug_cpu.yaml"], SweepConfig)
     bad = cfg.model_copy(update={"space": {**cfg.space, "model.dpeth": cfg.space["mask.sets.0.num_blocks"]}})
-    with pytest.raises(ConfigError, match=r"space key 'model.dpeth' is not in the base config .*did you mean model.depth"):
+    with pytest.raises(ConfigError,
+                       match=r"space key 'model.dpeth' is not in the base config .*did you mean model.depth"):
         run_sweep(bad)
 
 

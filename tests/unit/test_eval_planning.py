@@ -52,7 +52,8 @@ def test_a_pretraining_model_or_an_impossible_horizon_fails_before_any_actor(tmp
     with pytest.raises(EvalError, match="plan.action_block=4"):
         check_model(cfg.model_copy(update={"planners": [PlanConfig(horizon=3, action_block=4)]}), manifest, env)
     pretrain = {**manifest, "kind": "vjepa"}
-    with pytest.raises(EvalError, match=r"is a 'vjepa' world model, which cannot plan .* model_uri=models:/vwm-ac@candidate"):
+    with pytest.raises(EvalError,
+                       match=r"is a 'vjepa' world model, which cannot plan .* model_uri=models:/vwm-ac@candidate"):
         check_model(cfg, pretrain, env)
     with pytest.raises(EvalError, match="no manifest.json"):
         model_manifest(str(tmp_path / "nothing"), None)

@@ -153,7 +153,8 @@ def test_shard_probe_set_reads_labels_and_skips_unreadable_videos(tmp_path):
 
 def test_shard_without_the_label_fails_naming_the_file_and_key(tmp_path):
     _labelled_shard(tmp_path / "probe-00000.tar", 3, meta_key="motion")
-    cfg = load_config(DEBUG, ["train.eval_every=2", "monitor.probe.label=direction", f"monitor.probe.paths=[{tmp_path}]"])
+    cfg = load_config(DEBUG, ["train.eval_every=2", "monitor.probe.label=direction",
+                              f"monitor.probe.paths=[{tmp_path}]"])
     with pytest.raises(DataSourceError, match=r"probe-00000.tar.*no 'direction' in its metadata.*motion"):
         probe_set(cfg.data, cfg.monitor.probe, seed=0)
 

@@ -308,7 +308,8 @@ class TrainConfig(_Strict):
     max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
     peak_tflops: float | None = Field(None, gt=0, description="the chip's peak TFLOP/s, for perf/mfu; default: "
                                       "the dense bf16 peak of a known GPU (H100, H200, A100, L40S, L4, A10)")
-    eval_every: int | None = Field(None, ge=1, description="the task's held-out evaluation (reported to Tune) every N steps")
+    eval_every: int | None = Field(None, ge=1,
+                                   description="the task's held-out evaluation (reported to Tune) every N steps")
     init_weights: str | None = Field(None, description="start from this world model's weights (a registered "
                                      "models:/NAME@ALIAS, runs:/... or a folder of the same architecture)")
 

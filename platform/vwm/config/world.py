@@ -169,7 +169,7 @@ class ACConfig(_Strict):
                                                      "(fewer tokens, cheaper planning); null: the full grid")
     rollout_steps: int = Field(2, ge=1, description="autoregressive steps of the rollout loss")
     residual: bool = Field(True, description="predict the change of frame t's features and state (starts at the "
-                                             "copy-last-frame baseline); false: predict them outright, as the reference")
+                           "copy-last-frame baseline); false: predict them outright, as the reference")
     loss_weights: ACLossWeights = ACLossWeights()
     predictor: ACPredictorConfig = ACPredictorConfig()
 

@@ -136,7 +136,8 @@ def _file_rows(uri: str, epoch: int, order: int, endpoint_url: str | None, seed:
                record: Callable[[Skip], None], rows_of: Callable[..., dict[str, list[np.ndarray]]],
                batch_bytes: int = _BATCH_BYTES) -> Iterator[dict]:
     """Rows of every sample of one file (``rows_of(sample, rng)``: per column, a list with one array per clip
-    or window; a sample's rows stay in one batch, stacked only when the batch leaves), in batches of about ``batch_bytes``, with their source columns.
+    or window; a sample's rows stay in one batch, stacked only when the batch leaves), in batches of about
+    ``batch_bytes``, with their source columns.
     Any failure of one sample, whatever its kind, is a recorded skip of that sample; a storage error
     mid-shard loses the rest of the file, not the run."""
     parts: list[dict[str, list[np.ndarray]]] = []

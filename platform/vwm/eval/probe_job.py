@@ -189,7 +189,8 @@ def _log(tracker, run_dir: Path, rows: list[dict]) -> None:
     metrics = {}
     for r in rows:
         key = f"probe/{r['target']}/{r['encoder']}/{r['probe']}"
-        metrics.update({f"{key}/{r['metric']}": r["value"], f"{key}/ci_low": r["ci_low"], f"{key}/ci_high": r["ci_high"]})
+        metrics.update({f"{key}/{r['metric']}": r["value"], f"{key}/ci_low": r["ci_low"],
+                        f"{key}/ci_high": r["ci_high"]})
     tracker.log_metrics(metrics, step=0)
     tracker.log_summary(metrics)
     tracker.log_table(rows, "probe_results.json")
