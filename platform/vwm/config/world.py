@@ -227,13 +227,16 @@ class BenchPosttrainConfig(_Strict):
     out: str = "outputs/bench_posttrain"
     candidates: int = Field(300, ge=1, description="action sequences per rollout (CEM samples)")
     horizon: int = Field(5, ge=1, description="model steps per rollout")
-    pools: list[int | None] = Field(default_factory=lambda: [1, 2, None], min_length=1)
+    pools: list[int | None] = Field(default_factory=lambda: [1, 2, None],
+                                    description="poolings whose rollouts and plans are timed; []: the learning run only")
     repeats: int = Field(5, ge=1, description="timed rollouts per arm in a round")
     cem_iterations: int = Field(30, ge=1, description="iterations of the timed CEM plans")
     rounds: int = Field(5, ge=2, description="rounds; each times every arm (eager, compiled, bf16) in turn")
     train_steps: int = Field(300, ge=0, description="post-training steps of the learning run; 0 skips it")
     episodes: int = Field(300, ge=10, description="TwoRooms episodes collected for the learning run")
     pretrain_steps: int = Field(60, ge=1, description="debug pretraining steps of the encoder")
+    pretrain_overrides: list[str] = Field(default_factory=list, description="overrides of the encoder's pretraining "
+                                          "(configs/pretrain/debug_cpu.yaml); {traj}: the collected trajectories")
     report: str | None = Field("docs/performance.md", description="markdown file whose table is replaced")
 
     @model_validator(mode="before")

@@ -103,8 +103,8 @@ def learning_run(cfg: PosttrainConfig, bench: BenchPosttrainConfig) -> dict:
     run_collect(CollectConfig(out=str(out / "traj"), env=EnvConfig(name="two_rooms", image_size=64),
                               episodes=bench.episodes, steps=100, seed=0, episodes_per_shard=25), progress=False)
     pre = run_pretrain(load_config("configs/pretrain/debug_cpu.yaml", [
-        f"train.steps={bench.pretrain_steps}", f"train.output_dir={out}/pretrain", "tracking.backend=none"]),
-        local=True, progress=False)
+        f"train.steps={bench.pretrain_steps}", f"train.output_dir={out}/pretrain", "tracking.backend=none",
+        *(o.replace("{traj}", str(out / "traj")) for o in bench.pretrain_overrides)]), local=True, progress=False)
     run_cfg = with_overrides(cfg, {
         "ac.encoder_uri": str(Path(pre.checkpoint_path) / "world_model"), "data.paths": [str(out / "traj/train")],
         "data.stats": str(out / "traj/dataset.json"), "monitor.heldout_paths": [str(out / "traj/held_out")],
@@ -134,6 +134,25 @@ def _emit(bench: BenchPosttrainConfig, block: str, lines: list[str]) -> None:
 def run_bench_posttrain(bench: BenchPosttrainConfig) -> dict:
     cfg = load_config(bench.base, [f"ac.encoder_uri={bench.out}/unused"], PosttrainConfig)
     costs = [row for pool in bench.pools for row in rollout_cost(cfg, bench, pool)]
+    if costs:  # a learning-only run (pools: []) keeps the last speed figures
+        _emit(bench, "bench_posttrain", speed_lines(cfg, bench, costs))
+    learned = learning_run(cfg, bench) if bench.train_steps else None
+    if learned:  # its own block: a speed-only run (train_steps: 0) keeps the last learning figures
+        ks = sorted({k.rsplit("@", 1)[1] for k in learned if "@" in k}, key=int)
+        pretrained = " ".join(bench.pretrain_overrides) or "synthetic videos"
+        lines = [f"{date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPUs. "
+                 f"Learning ({bench.episodes} TwoRooms episodes, debug encoder pretrained {bench.pretrain_steps} "
+                 f"steps ({pretrained}), {learned['steps']} post-training steps in one process, "
+                 f"{learned['seconds']:.0f} s, {learned['steps_per_s']:.2f} steps/s): held-out rollout L1 and its "
+                 "ratio to copying the last frame (below 1 beats the copy).", "",
+                 "| steps ahead | rollout L1 | vs copy |", "|---|---|---|"]
+        lines += [f"| {k} | {learned[f'eval/rollout_l1@{k}']:.4f} | {learned[f'eval/rollout_vs_copy@{k}']:.3f} |"
+                  for k in ks]
+        _emit(bench, "bench_posttrain_learning", lines)
+    return {"rollouts": costs, "learning": learned}
+
+
+def speed_lines(cfg: PosttrainConfig, bench: BenchPosttrainConfig, costs: list[dict]) -> list[str]:
     p = cfg.ac.predictor
     lines = [f"{date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} "
              f"threads, torch {torch.__version__}: one rollout of {bench.candidates} candidates x {bench.horizon} "
@@ -148,15 +167,4 @@ def run_bench_posttrain(bench: BenchPosttrainConfig) -> dict:
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {c['pool']} | {c['tokens']} | {c['arm']} | {c['s']:.4f} | {_ci(c['rollout_speedup'])} | "
               f"{c['plan_s']:.2f} | {_ci(c['plan_speedup'])} | {c['first_s']:.1f} |" for c in costs]
-    _emit(bench, "bench_posttrain", lines)
-    learned = learning_run(cfg, bench) if bench.train_steps else None
-    if learned:  # its own block: a speed-only run (train_steps: 0) keeps the last learning figures
-        ks = sorted({k.rsplit("@", 1)[1] for k in learned if "@" in k}, key=int)
-        lines = [f"Learning ({bench.episodes} TwoRooms episodes, encoder pretrained {bench.pretrain_steps} "
-                 f"steps, {learned['steps']} post-training steps in one process, {learned['seconds']:.0f} s, "
-                 f"{learned['steps_per_s']:.2f} steps/s): held-out rollout L1 and its ratio to copying the "
-                 "last frame (below 1 beats the copy).", "", "| steps ahead | rollout L1 | vs copy |", "|---|---|---|"]
-        lines += [f"| {k} | {learned[f'eval/rollout_l1@{k}']:.4f} | {learned[f'eval/rollout_vs_copy@{k}']:.3f} |"
-                  for k in ks]
-        _emit(bench, "bench_posttrain_learning", lines)
-    return {"rollouts": costs, "learning": learned}
+    return lines
