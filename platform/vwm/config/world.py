@@ -237,6 +237,8 @@ class BenchPosttrainConfig(_Strict):
     pretrain_steps: int = Field(60, ge=1, description="debug pretraining steps of the encoder")
     pretrain_overrides: list[str] = Field(default_factory=list, description="overrides of the encoder's pretraining "
                                           "(configs/pretrain/debug_cpu.yaml); {traj}: the collected trajectories")
+    posttrain_overrides: list[str] = Field(default_factory=list, description="overrides of `base` for the "
+                                           "learning run only (the timed rollouts take `pools`)")
     report: str | None = Field("docs/performance.md", description="markdown file whose table is replaced")
 
     @model_validator(mode="before")

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from vwm.benchreport import ratio_over_rounds, round_order, write_block
-from vwm.config import BenchPosttrainConfig, CollectConfig, EnvConfig, ModelConfig, PosttrainConfig, with_overrides
+from vwm.config import (BenchPosttrainConfig, CollectConfig, EnvConfig, ModelConfig, PosttrainConfig, PretrainConfig,
+                        with_overrides)
 from vwm.configfile import load_config
 from vwm.models.ac_predictor import ACPredictor
 
@@ -92,7 +93,17 @@ def rollout_cost(cfg: PosttrainConfig, bench: BenchPosttrainConfig, pool: int | 
             for name, a in arms.items()]
 
 
-def learning_run(cfg: PosttrainConfig, bench: BenchPosttrainConfig) -> dict:
+def learning_configs(bench: BenchPosttrainConfig) -> tuple[PretrainConfig, PosttrainConfig]:
+    """The learning run's encoder pretraining and post-training configs, validated before anything runs."""
+    out = Path(bench.out).resolve()
+    pre = load_config("configs/pretrain/debug_cpu.yaml", [
+        f"train.steps={bench.pretrain_steps}", f"train.output_dir={out}/pretrain", "tracking.backend=none",
+        *(o.replace("{traj}", str(out / "traj")) for o in bench.pretrain_overrides)])
+    post = load_config(bench.base, [f"ac.encoder_uri={out}/unused", *bench.posttrain_overrides], PosttrainConfig)
+    return pre, post
+
+
+def learning_run(pre_cfg: PretrainConfig, cfg: PosttrainConfig, bench: BenchPosttrainConfig) -> dict:
     from vwm.data.collect import run_collect
     from vwm.raycluster import connect
     from vwm.tasks.ac import run_posttrain
@@ -102,9 +113,7 @@ def learning_run(cfg: PosttrainConfig, bench: BenchPosttrainConfig) -> dict:
     connect()
     run_collect(CollectConfig(out=str(out / "traj"), env=EnvConfig(name="two_rooms", image_size=64),
                               episodes=bench.episodes, steps=100, seed=0, episodes_per_shard=25), progress=False)
-    pre = run_pretrain(load_config("configs/pretrain/debug_cpu.yaml", [
-        f"train.steps={bench.pretrain_steps}", f"train.output_dir={out}/pretrain", "tracking.backend=none",
-        *(o.replace("{traj}", str(out / "traj")) for o in bench.pretrain_overrides)]), local=True, progress=False)
+    pre = run_pretrain(pre_cfg, local=True, progress=False)
     run_cfg = with_overrides(cfg, {
         "ac.encoder_uri": str(Path(pre.checkpoint_path) / "world_model"), "data.paths": [str(out / "traj/train")],
         "data.stats": str(out / "traj/dataset.json"), "monitor.heldout_paths": [str(out / "traj/held_out")],
@@ -133,16 +142,18 @@ def _emit(bench: BenchPosttrainConfig, block: str, lines: list[str]) -> None:
 
 def run_bench_posttrain(bench: BenchPosttrainConfig) -> dict:
     cfg = load_config(bench.base, [f"ac.encoder_uri={bench.out}/unused"], PosttrainConfig)
+    learning = learning_configs(bench) if bench.train_steps else None
     costs = [row for pool in bench.pools for row in rollout_cost(cfg, bench, pool)]
     if costs:  # a learning-only run (pools: []) keeps the last speed figures
         _emit(bench, "bench_posttrain", speed_lines(cfg, bench, costs))
-    learned = learning_run(cfg, bench) if bench.train_steps else None
+    learned = learning_run(*learning, bench) if learning else None
     if learned:  # its own block: a speed-only run (train_steps: 0) keeps the last learning figures
         ks = sorted({k.rsplit("@", 1)[1] for k in learned if "@" in k}, key=int)
         pretrained = " ".join(bench.pretrain_overrides) or "synthetic videos"
         lines = [f"{date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPUs. "
                  f"Learning ({bench.episodes} TwoRooms episodes, debug encoder pretrained {bench.pretrain_steps} "
-                 f"steps ({pretrained}), {learned['steps']} post-training steps in one process, "
+                 f"steps ({pretrained}), {learned['steps']} post-training steps of {bench.base} "
+                 f"({' '.join(bench.posttrain_overrides) or 'as it is'}) in one process, "
                  f"{learned['seconds']:.0f} s, {learned['steps_per_s']:.2f} steps/s): held-out rollout L1 and its "
                  "ratio to copying the last frame (below 1 beats the copy).", "",
                  "| steps ahead | rollout L1 | vs copy |", "|---|---|---|"]
